@@ -1,0 +1,49 @@
+"""Hugging Face style Jinja chat templates (the `tokenizer.chat_template` of a GGUF file)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import jinja2
+import msgspec
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import BadRequest
+from .wire import Message
+
+# Used when a model ships no template: ChatML, which most small instruct models understand.
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _raise_exception(message: str) -> None:
+    raise BadRequest(f"the chat template rejected the messages: {message}")
+
+
+def _strftime_now(format_: str) -> str:
+    return dt.datetime.now().strftime(format_)
+
+
+class ChatTemplate:
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = "") -> None:
+        environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        environment.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
+        self.source = source or CHATML
+        self.template = environment.from_string(self.source)
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+
+    def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
+        try:
+            return self.template.render(
+                messages=[msgspec.to_builtins(message) for message in messages],
+                tools=tools or None,
+                add_generation_prompt=True,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+            )
+        except jinja2.TemplateError as exc:
+            raise BadRequest(f"the chat template could not render the messages: {exc}") from exc

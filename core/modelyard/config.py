@@ -1,0 +1,72 @@
+"""Server settings from the environment (docs/configuration.md lists every variable)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from .options import parse_keep_alive_setting
+
+DEFAULT_PORT = 11434
+
+
+def parse_host(value: str | None) -> tuple[str, int]:
+    """OLLAMA_HOST as Ollama reads it: `host:port`, `:port`, `host`, optionally with a scheme."""
+    text = (value or "").strip()
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    text = text.split("/", 1)[0]
+    if not text:
+        return "127.0.0.1", DEFAULT_PORT
+    host, port = text, DEFAULT_PORT
+    if text.startswith("["):  # [::1]:11434
+        host, _, rest = text[1:].partition("]")
+        if rest.startswith(":") and rest[1:]:
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port = int(port_text) if port_text else DEFAULT_PORT
+    return host or "127.0.0.1", port
+
+
+def base_url(value: str | None) -> str:
+    """The URL a client uses to reach the server named by OLLAMA_HOST."""
+    host, port = parse_host(value)
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if (value or "").startswith("https://") else "http"
+    return f"{scheme}://{host}:{port}"
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    models: Path = Path.home() / ".modelyard" / "models"
+    keep_alive: float = 300.0  # seconds; math.inf keeps models loaded forever
+    context_length: int = 4096  # default num_ctx, capped at each model's trained length
+    backends: tuple[str, ...] | None = None  # None: every installed backend
+    bundled_models: bool = True
+    trace_hooks: bool = False
+    origins: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        host, port = parse_host(env.get("OLLAMA_HOST"))
+        models = env.get("MODELYARD_MODELS") or env.get("OLLAMA_MODELS")
+        backends = env.get("MODELYARD_BACKENDS")
+        return cls(
+            host=host,
+            port=port,
+            models=Path(models).expanduser() if models else Path.home() / ".modelyard" / "models",
+            keep_alive=parse_keep_alive_setting(env["OLLAMA_KEEP_ALIVE"]) if env.get("OLLAMA_KEEP_ALIVE") else 300.0,
+            context_length=int(env.get("OLLAMA_CONTEXT_LENGTH") or 4096),
+            backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
+            bundled_models=env.get("MODELYARD_NO_BUNDLED_MODELS", "") in ("", "0", "false"),
+            trace_hooks=env.get("MODELYARD_TRACE_HOOKS", "") not in ("", "0", "false"),
+            origins=tuple(o.strip() for o in env.get("OLLAMA_ORIGINS", "").split(",") if o.strip()),
+        )

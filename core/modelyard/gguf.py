@@ -1,0 +1,166 @@
+"""A reader for the header of a GGUF file: its key/value metadata and its tensor table.
+
+Only the header is read (no weights), so /api/show and /api/tags stay cheap and need no engine.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+GGUF_MAGIC = b"GGUF"
+
+# value type -> struct format of a scalar
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+# llama_ftype -> the name Ollama shows as quantization_level
+FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
+    23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S",
+    29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4",
+}
+
+# ggml tensor type -> name, for /api/show's tensor list
+TENSOR_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
+    10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS",
+    17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S",
+    23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16",
+    34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
+}
+
+
+class GGUFError(ValueError):
+    """The file is not a GGUF file this reader understands."""
+
+
+class Tensor(msgspec.Struct, frozen=True):
+    name: str
+    type: str
+    shape: list[int]
+
+
+class GGUFHeader(msgspec.Struct, frozen=True):
+    metadata: dict[str, Any]
+    tensors: list[Tensor]
+
+    @property
+    def architecture(self) -> str:
+        return str(self.metadata.get("general.architecture", ""))
+
+    @property
+    def parameter_count(self) -> int:
+        counted = self.metadata.get("general.parameter_count")
+        if isinstance(counted, int) and counted > 0:
+            return counted
+        total = 0
+        for tensor in self.tensors:
+            elements = 1
+            for dim in tensor.shape:
+                elements *= dim
+            total += elements
+        return total
+
+    @property
+    def file_type(self) -> str:
+        return FILE_TYPES.get(self.metadata.get("general.file_type", -1), "unknown")
+
+    def arch_value(self, key: str) -> Any:
+        """`<architecture>.<key>`, e.g. context_length."""
+        return self.metadata.get(f"{self.architecture}.{key}")
+
+
+class _Cursor:
+    def __init__(self, buffer: memoryview) -> None:
+        self.buffer = buffer
+        self.offset = 0
+
+    def unpack(self, fmt: str) -> Any:
+        try:
+            (value,) = struct.unpack_from(fmt, self.buffer, self.offset)
+        except struct.error as exc:
+            raise GGUFError("truncated GGUF header") from exc
+        self.offset += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        length = self.unpack("<Q")
+        end = self.offset + length
+        if end > len(self.buffer):
+            raise GGUFError("truncated GGUF header")
+        text = bytes(self.buffer[self.offset : end]).decode("utf-8", errors="replace")
+        self.offset = end
+        return text
+
+    def value(self, value_type: int) -> Any:
+        if value_type in _SCALARS:
+            return self.unpack(_SCALARS[value_type])
+        if value_type == _STRING:
+            return self.string()
+        if value_type == _ARRAY:
+            item_type, count = self.unpack("<I"), self.unpack("<Q")
+            if item_type in _SCALARS and item_type != 7:
+                fmt = _SCALARS[item_type]
+                size = struct.calcsize(fmt)
+                values = list(struct.iter_unpack(fmt, self.buffer[self.offset : self.offset + size * count]))
+                if len(values) != count:
+                    raise GGUFError("truncated GGUF header")
+                self.offset += size * count
+                return [item for (item,) in values]
+            return [self.value(item_type) for _ in range(count)]
+        raise GGUFError(f"unknown GGUF value type {value_type}")
+
+
+def is_gguf(path: Path) -> bool:
+    with open(path, "rb") as file:
+        return file.read(4) == GGUF_MAGIC
+
+
+def read_header(path: Path) -> GGUFHeader:
+    """The metadata and tensor table of the GGUF file at `path`."""
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        cursor = _Cursor(memoryview(mapped))
+        try:
+            return _parse(cursor)
+        finally:
+            cursor.buffer.release()
+
+
+def _parse(cursor: _Cursor) -> GGUFHeader:
+    if bytes(cursor.buffer[:4]) != GGUF_MAGIC:
+        raise GGUFError("supplied file was not in GGUF format")
+    cursor.offset = 4
+    version = cursor.unpack("<I")
+    if version < 2:
+        raise GGUFError(f"GGUF version {version} is not supported")
+    tensor_count, kv_count = cursor.unpack("<Q"), cursor.unpack("<Q")
+    metadata: dict[str, Any] = {}
+    for _ in range(kv_count):
+        key = cursor.string()
+        metadata[key] = cursor.value(cursor.unpack("<I"))
+    tensors = []
+    for _ in range(tensor_count):
+        name = cursor.string()
+        dims = [cursor.unpack("<Q") for _ in range(cursor.unpack("<I"))]
+        tensor_type = cursor.unpack("<I")
+        cursor.unpack("<Q")  # offset of the tensor's data
+        tensors.append(Tensor(name=name, type=TENSOR_TYPES.get(tensor_type, str(tensor_type)), shape=dims))
+    return GGUFHeader(metadata=metadata, tensors=tensors)
+
+
+def human_number(value: int) -> str:
+    """Ollama's format.HumanNumber: 134515008 -> "134.52M", 7_000_000_000 -> "7B"."""
+    for unit, scale, decimals in (("B", 1e9, 1), ("M", 1e6, 2), ("K", 1e3, 0)):
+        if value >= scale:
+            number = value / scale
+            if unit == "K" or number != int(number):
+                return f"{number:.{decimals}f}{unit}"
+            return f"{number:.0f}{unit}"
+    return str(value)

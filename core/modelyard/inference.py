@@ -1,0 +1,223 @@
+"""/api/generate and /api/chat: request validation in Ollama's order, then the stream of response chunks.
+
+Each request becomes one async generator of wire chunks. Everything that can fail with a status (bad
+input, unknown model, loading) happens before its first chunk; the server awaits that chunk before it
+opens the response, and the generator's `finally` closes the engine stream and releases the model.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import msgspec
+from msgspec import UNSET
+
+from .backend import COMPLETION, INSERT, THINKING, TOOLS, VISION, Backend, Completion, Done, TextDelta
+from .errors import BadRequest, NotFound
+from .names import ModelName
+from .options import merge_options, parse_format, parse_keep_alive, parse_options
+from .scheduler import Lease, Scheduler
+from .store import ModelStore, StoredModel
+from .plugins import Backends
+from .wire import ChatRequest, ChatResponse, GenerateRequest, GenerateResponse, Message, ResponseMessage
+
+THINK_LEVELS = ("high", "medium", "low", "max")
+
+
+def now_utc() -> str:
+    """Go's time.Now().UTC() in RFC 3339 with nanoseconds, trailing zeros trimmed."""
+    nanoseconds = time.time_ns()
+    seconds, fraction = divmod(nanoseconds, 1_000_000_000)
+    stamp = dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    digits = f"{fraction:09d}".rstrip("0")
+    return f"{stamp}.{digits}Z" if digits else f"{stamp}Z"
+
+
+def _check_top_logprobs(value: int | None) -> None:
+    if value is not None and not 0 <= value <= 20:
+        raise BadRequest("top_logprobs must be between 0 and 20")
+
+
+def _check_think(think: bool | str | None, model_field: str, capabilities: frozenset[str]) -> None:
+    if isinstance(think, str) and think not in THINK_LEVELS:
+        raise BadRequest(f'invalid think value: "{think}" (must be "high", "medium", "low", "max", true, or false)')
+    if think not in (None, False) and THINKING not in capabilities:
+        raise BadRequest(f'"{model_field}" does not support thinking')
+
+
+def _check_images(images: list[str] | None, model_field: str, capabilities: frozenset[str]) -> None:
+    if not images:
+        return
+    for image in images:
+        try:
+            base64.b64decode(image, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadRequest(f"illegal base64 data in image: {exc}") from exc
+    if VISION not in capabilities:
+        raise BadRequest(f'"{model_field}" does not support images: the model has no vision capability')
+
+
+class Inference:
+    def __init__(self, store: ModelStore, backends: Backends, scheduler: Scheduler, context_length: int) -> None:
+        self.store = store
+        self.backends = backends
+        self.scheduler = scheduler
+        self.context_length = context_length  # num_ctx when neither the model nor the request sets it
+
+    def find_model(self, requested: str, *, missing_is_not_found: bool) -> StoredModel:
+        """The stored model a request names, with the errors of Ollama's generate/chat handlers."""
+        if not requested:
+            if missing_is_not_found:
+                raise NotFound("model '' not found")
+            raise BadRequest("model is required")
+        model = self.store.find(ModelName.parse(requested))
+        if model is None:
+            raise NotFound(f"model '{requested}' not found")
+        return model
+
+    async def _lease(self, model: StoredModel, backend: Backend, options_layer: dict[str, Any], keep_alive):
+        options = merge_options({"num_ctx": self.context_length}, parse_options(model.parameters), options_layer)
+        return await self.scheduler.acquire(model, backend, options, keep_alive), options
+
+    async def generate(self, request: GenerateRequest, started: int) -> AsyncIterator[GenerateResponse]:
+        keep_alive = parse_keep_alive(request.keep_alive)
+        _check_top_logprobs(request.top_logprobs)
+        requested = request.model or ""
+        model = self.find_model(requested, missing_is_not_found=True)
+        prompt = request.prompt or ""
+
+        def chunk(text: str, **fields: Any) -> GenerateResponse:
+            return GenerateResponse(model=requested, created_at=now_utc(), response=text, **fields)
+
+        if not prompt and keep_alive == 0:
+            await self.scheduler.unload(model)
+            yield chunk("", done=True, done_reason="unload")
+            return
+        backend = self.backends.for_model(model)
+        capabilities = backend.capabilities(model)
+        if COMPLETION not in capabilities:
+            raise BadRequest(f'"{requested}" does not support generate')
+        if request.raw and (request.template or request.system or request.context):
+            raise BadRequest("raw mode does not support template, system, or context")
+        if request.suffix and INSERT not in capabilities:
+            raise BadRequest(f"{model.name.fully_qualified} does not support insert")
+        _check_think(request.think, requested, capabilities)
+        _check_images(request.images, requested, capabilities)
+        request_options = parse_options(request.options)
+        format_ = parse_format(request.format)
+
+        lease, options = await self._lease(model, backend, request_options, keep_alive)
+        try:
+            if not prompt:
+                yield chunk("", done=True, done_reason="load")
+                return
+            if request.raw:
+                completion = Completion(options=options, prompt=prompt, format=format_)
+            else:
+                system = request.system or model.system
+                messages = [Message(role="system", content=system)] if system else []
+                if request.context is None:
+                    messages += model.messages
+                messages.append(Message(role="user", content=prompt))
+                completion = Completion(
+                    options=options,
+                    messages=messages,
+                    suffix=request.suffix or "",
+                    context=request.context,
+                    want_context=True,
+                    format=format_,
+                )
+            async with aclosing(lease.model.generate(completion)) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        yield chunk(event.text, done=False)
+                        continue
+                    yield chunk(
+                        "",
+                        done=True,
+                        done_reason=event.reason,
+                        context=event.context if event.context is not None else UNSET,
+                        **_stats(event, lease, started),
+                    )
+        finally:
+            await lease.release()
+
+    async def chat(self, request: ChatRequest, started: int) -> AsyncIterator[ChatResponse]:
+        keep_alive = parse_keep_alive(request.keep_alive)
+        _check_top_logprobs(request.top_logprobs)
+        requested = request.model or ""
+        model = self.find_model(requested, missing_is_not_found=False)
+        messages = request.messages or []
+
+        def chunk(text: str, **fields: Any) -> ChatResponse:
+            return ChatResponse(
+                model=requested,
+                created_at=now_utc(),
+                message=ResponseMessage(role="assistant", content=text),
+                **fields,
+            )
+
+        if not messages and keep_alive == 0:
+            await self.scheduler.unload(model)
+            yield chunk("", done=True, done_reason="unload")
+            return
+        backend = self.backends.for_model(model)
+        capabilities = backend.capabilities(model)
+        if COMPLETION not in capabilities:
+            raise BadRequest(f'"{requested}" does not support chat')
+        if request.tools and TOOLS not in capabilities:
+            raise BadRequest(f"{model.name.fully_qualified} does not support tools")
+        _check_think(request.think, requested, capabilities)
+        for message in messages:
+            _check_images(message.images or None, requested, capabilities)
+        request_options = parse_options(request.options)
+        format_ = parse_format(request.format)
+
+        lease, options = await self._lease(model, backend, request_options, keep_alive)
+        try:
+            if not messages:
+                yield chunk("", done=True, done_reason="load")
+                return
+            prompt_messages = list(model.messages) + messages
+            if model.system and prompt_messages[0].role != "system":
+                prompt_messages.insert(0, Message(role="system", content=model.system))
+            completion = Completion(
+                options=options, messages=prompt_messages, format=format_, tools=request.tools or None
+            )
+            async with aclosing(lease.model.generate(completion)) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        yield chunk(event.text, done=False)
+                    else:
+                        yield chunk("", done=True, done_reason=event.reason, **_stats(event, lease, started))
+        finally:
+            await lease.release()
+
+
+def _stats(done: Done, lease: Lease, started: int) -> dict[str, int]:
+    return {
+        "total_duration": time.perf_counter_ns() - started,
+        "load_duration": lease.load_duration,
+        "prompt_eval_count": done.prompt_eval_count,
+        "prompt_eval_duration": done.prompt_eval_duration,
+        "eval_count": done.eval_count,
+        "eval_duration": done.eval_duration,
+    }
+
+
+def merge_generate(chunks: list[GenerateResponse]) -> GenerateResponse:
+    """The `stream: false` answer: the final chunk carrying the whole text."""
+    final = chunks[-1]
+    return msgspec.structs.replace(final, response="".join(c.response for c in chunks))
+
+
+def merge_chat(chunks: list[ChatResponse]) -> ChatResponse:
+    final = chunks[-1]
+    content = "".join(c.message.content for c in chunks)
+    return msgspec.structs.replace(final, message=msgspec.structs.replace(final.message, content=content))

@@ -1,0 +1,236 @@
+"""Request parameters with Ollama's parsing rules: model options, keep_alive and format.
+
+Options follow `api.Options.FromMap`: a known key with the wrong JSON type is an error, an unknown key is
+logged and ignored, `null` is "not given". Legacy options the official clients still declare are accepted
+silently. `max_tokens` is accepted as an alias of `num_predict` (a modelyard addition, see
+docs/compatibility.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Any, Literal
+
+import msgspec
+
+from .errors import BadRequest, InternalError
+
+log = logging.getLogger(__name__)
+
+
+class Options(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Effective options of one request: defaults < the model's PARAMETERs < the request's options."""
+
+    # Load-time options: changing one reloads the model.
+    num_ctx: int = 0  # 0: the server's default context length, capped at the model's trained length
+    num_batch: int = 512
+    num_gpu: int = -1
+    main_gpu: int | None = None
+    use_mmap: bool | None = None
+    num_thread: int = 0  # 0: every core available to the process
+    # Sampling and generation options.
+    num_keep: int = 4
+    seed: int = -1
+    num_predict: int = -1
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_last_n: int = 64
+    temperature: float = 0.8
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    draft_num_predict: int = 0
+    stop: list[str] = msgspec.field(default_factory=list)
+
+
+OptionKind = Literal["integer", "float32", "boolean", "array"]
+
+OPTION_KINDS: dict[str, OptionKind] = {
+    "num_ctx": "integer",
+    "num_batch": "integer",
+    "num_gpu": "integer",
+    "main_gpu": "integer",
+    "use_mmap": "boolean",
+    "num_thread": "integer",
+    "num_keep": "integer",
+    "seed": "integer",
+    "num_predict": "integer",
+    "top_k": "integer",
+    "top_p": "float32",
+    "min_p": "float32",
+    "typical_p": "float32",
+    "repeat_last_n": "integer",
+    "temperature": "float32",
+    "repeat_penalty": "float32",
+    "presence_penalty": "float32",
+    "frequency_penalty": "float32",
+    "draft_num_predict": "integer",
+    "stop": "array",
+}
+
+LOAD_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
+
+# Options Ollama removed that ollama-python and ollama-js still declare: accepted and ignored.
+LEGACY_OPTIONS = frozenset(
+    {
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+        "tfs_z",
+        "penalize_newline",
+        "low_vram",
+        "f16_kv",
+        "logits_all",
+        "vocab_only",
+        "use_mlock",
+        "numa",
+        "embedding_only",
+    }
+)
+
+# Aliases a user's documentation promises; the real option wins when both are given.
+OPTION_ALIASES = {"max_tokens": "num_predict"}
+
+
+def _checked_value(key: str, kind: OptionKind, value: Any) -> Any:
+    """One option value converted the way Go's FromMap does, or the reference's type error (500)."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "integer":
+        if is_number:
+            return int(value)  # Go truncates 2048.9 to 2048
+        raise InternalError(f'option "{key}" must be of type integer')
+    if kind == "float32":
+        if is_number:
+            return float(value)
+        raise InternalError(f'option "{key}" must be of type float32')
+    if kind == "boolean":
+        if isinstance(value, bool):
+            return value
+        raise InternalError(f'option "{key}" must be of type boolean')
+    if not isinstance(value, list):
+        raise InternalError(f'option "{key}" must be of type array')
+    if not all(isinstance(item, str) for item in value):
+        raise InternalError(f'option "{key}" must be of an array of strings')
+    return list(value)
+
+
+def parse_options(raw: dict[str, Any] | None) -> dict[str, Any]:
+    """Checked values of the options a request gives, by canonical name."""
+    if not raw:
+        return {}
+    given: dict[str, Any] = {}
+    aliased: dict[str, Any] = {}
+    for key, value in raw.items():
+        if value is None:
+            continue
+        if key in OPTION_ALIASES:
+            target = OPTION_ALIASES[key]
+            aliased[target] = _checked_value(key, OPTION_KINDS[target], value)
+        elif key in OPTION_KINDS:
+            given[key] = _checked_value(key, OPTION_KINDS[key], value)
+        elif key not in LEGACY_OPTIONS:
+            log.warning("invalid option provided: %s", key)
+    return {**aliased, **given}
+
+
+def merge_options(*layers: dict[str, Any]) -> Options:
+    """Options from the defaults overlaid by each layer in turn (model parameters, then request)."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    return Options(**merged)
+
+
+# --- keep_alive ---------------------------------------------------------------------------------
+
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_DURATION_PART = re.compile(r"(\d*\.?\d*)([^\d.]*)")
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds in a Go duration string ("1h30m", "-1m", "300ms"), with Go's error messages."""
+    quoted = '"' + text + '"'
+    body = text
+    sign = 1.0
+    if body and body[0] in "+-":
+        sign = -1.0 if body[0] == "-" else 1.0
+        body = body[1:]
+    if body == "0":
+        return 0.0
+    if not body:
+        raise BadRequest(f"time: invalid duration {quoted}")
+    total = 0.0
+    position = 0
+    while position < len(body):
+        match = _DURATION_PART.match(body, position)
+        number, unit = match.group(1), match.group(2)
+        if not number or number == ".":
+            raise BadRequest(f"time: invalid duration {quoted}")
+        if not unit:
+            raise BadRequest(f"time: missing unit in duration {quoted}")
+        if unit not in _DURATION_UNITS:
+            raise BadRequest(f'time: unknown unit "{unit}" in duration {quoted}')
+        total += float(number) * _DURATION_UNITS[unit]
+        position = match.end()
+    return sign * total
+
+
+def _go_type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, dict):
+        return "map[string]interface {}"
+    if isinstance(value, list):
+        return "[]interface {}"
+    return type(value).__name__
+
+
+def parse_keep_alive(value: Any) -> float | None:
+    """Seconds to keep a model loaded (math.inf: forever), or None when the request gives none."""
+    if value is msgspec.UNSET or value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = parse_go_duration(value)
+    else:
+        raise BadRequest(f"Unsupported type: '{_go_type_name(value)}'")
+    return math.inf if seconds < 0 else seconds
+
+
+def parse_keep_alive_setting(text: str) -> float:
+    """OLLAMA_KEEP_ALIVE: a Go duration or whole seconds; negative means forever."""
+    try:
+        seconds = float(int(text))
+    except ValueError:
+        seconds = parse_go_duration(text)
+    return math.inf if seconds < 0 else seconds
+
+
+# --- format -------------------------------------------------------------------------------------
+
+Format = Literal["json"] | dict[str, Any] | None
+
+
+def parse_format(value: Any) -> Format:
+    """`"json"`, a JSON Schema object, or None; anything else is Ollama's 500 error."""
+    if value is None or value == "":
+        return None
+    if value == "json" or isinstance(value, dict):
+        return value
+    raw = msgspec.json.encode(value).decode()
+    quoted = msgspec.json.encode(raw).decode()
+    raise InternalError(f'invalid format: {quoted}; expected "json" or a valid JSON Schema object')

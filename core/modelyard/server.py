@@ -1,0 +1,290 @@
+"""The Litestar app: Ollama's routes, its error bodies and its NDJSON streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Litestar, Request, Response, get, head, post
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
+from litestar.response import Stream
+
+from . import OLLAMA_API_VERSION, __version__
+from .bundled import install_bundled_models
+from .config import Settings
+from .errors import BadRequest, Canceled, ModelyardError, NotFound
+from .gguf import GGUFError
+from .inference import Inference, merge_chat, merge_generate
+from .models import describe_loaded, describe_model, list_models
+from .names import ModelName
+from .plugins import Backends, build_plugin_manager
+from .scheduler import Scheduler
+from .store import ModelStore
+from .wire import ChatRequest, ErrorResponse, GenerateRequest, ShowRequest, VersionResponse
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json; charset=utf-8"
+NDJSON = "application/x-ndjson"
+T = TypeVar("T")
+Body = TypeVar("Body", bound=msgspec.Struct)
+
+_encoder = msgspec.json.Encoder()
+
+
+def json_response(body: msgspec.Struct, status: int = 200) -> Response[bytes]:
+    return Response(_encoder.encode(body), status_code=status, media_type=JSON)
+
+
+def error_response(message: str, status: int) -> Response[bytes]:
+    return json_response(ErrorResponse(error=message), status)
+
+
+async def decode_body(request: Request[Any, Any, Any], body_type: type[Body]) -> Body:
+    """The request body as `body_type`, whatever its Content-Type, with Ollama's 400s."""
+    raw = await request.body()
+    if not raw.strip():
+        raise BadRequest("missing request body")
+    if raw.strip() == b"null":  # Go decodes a literal null into an empty request
+        raw = b"{}"
+    try:
+        return msgspec.json.decode(raw, type=body_type)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest(str(exc)) from exc
+
+
+async def until_disconnect(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (the ASGI `http.disconnect`)."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    raise Canceled("request canceled")
+
+
+async def ndjson_lines(first: msgspec.Struct, chunks: AsyncIterator[msgspec.Struct]) -> AsyncIterator[bytes]:
+    """The stream body: one JSON object a line; an error after the first line becomes a last error line."""
+    buffer = bytearray()
+    try:
+        _encoder.encode_into(first, buffer)
+        buffer.extend(b"\n")
+        yield bytes(buffer)
+        async for chunk in chunks:
+            _encoder.encode_into(chunk, buffer)
+            buffer.extend(b"\n")
+            yield bytes(buffer)
+    except ModelyardError as exc:
+        yield _encoder.encode(ErrorResponse(error=exc.message)) + b"\n"
+    except Exception as exc:
+        log.exception("error while streaming")
+        yield _encoder.encode(ErrorResponse(error=str(exc))) + b"\n"
+    finally:
+        await chunks.aclose()
+
+
+async def respond(
+    request: Request[Any, Any, Any],
+    chunks: AsyncIterator[Body],
+    stream: bool,
+    merge: Callable[[list[Body]], Body],
+) -> Response[Any]:
+    """A streamed or a single answer from the chunks of one request.
+
+    The first chunk is awaited here, so an error before it (bad input, unknown model, a failed load) gets
+    its real status; it also starts the generator, whose `finally` then runs however the client leaves.
+    """
+    try:
+        first = await until_disconnect(request, anext(chunks))
+    except StopAsyncIteration:
+        raise ModelyardError("no response was produced") from None
+    if stream:
+        return Stream(ndjson_lines(first, chunks), media_type=NDJSON)
+
+    async def collect() -> list[Body]:
+        collected = [first]
+        async for chunk in chunks:
+            collected.append(chunk)
+        return collected
+
+    try:
+        return json_response(merge(await until_disconnect(request, collect())))
+    finally:
+        await chunks.aclose()
+
+
+# --- routes ---------------------------------------------------------------------------------------
+
+
+def services(request: Request[Any, Any, Any]) -> Any:
+    return request.app.state
+
+
+@get("/", media_type="text/plain; charset=utf-8")
+async def root() -> str:
+    return "Ollama is running"
+
+
+@head("/")
+async def root_head() -> Response[None]:
+    return Response(None, media_type="text/plain; charset=utf-8")
+
+
+@get("/api/version")
+async def version() -> Response[bytes]:
+    return json_response(VersionResponse(version=OLLAMA_API_VERSION))
+
+
+@head("/api/version")
+async def version_head() -> Response[None]:
+    return Response(None, media_type=JSON)
+
+
+@post("/api/generate", status_code=200)
+async def generate(request: Request[Any, Any, Any]) -> Response[Any]:
+    started = time.perf_counter_ns()
+    body = await decode_body(request, GenerateRequest)
+    chunks = services(request).inference.generate(body, started)
+    return await respond(request, chunks, body.stream is not False, merge_generate)
+
+
+@post("/api/chat", status_code=200)
+async def chat(request: Request[Any, Any, Any]) -> Response[Any]:
+    started = time.perf_counter_ns()
+    body = await decode_body(request, ChatRequest)
+    chunks = services(request).inference.chat(body, started)
+    return await respond(request, chunks, body.stream is not False, merge_chat)
+
+
+@get("/api/tags")
+async def tags(request: Request[Any, Any, Any]) -> Response[bytes]:
+    state = services(request)
+    return json_response(await asyncio.to_thread(list_models, state.store, state.backends))
+
+
+@head("/api/tags")
+async def tags_head() -> Response[None]:
+    return Response(None, media_type=JSON)
+
+
+@post("/api/show", status_code=200)
+async def show(request: Request[Any, Any, Any]) -> Response[bytes]:
+    body = await decode_body(request, ShowRequest)
+    requested = body.model or body.name
+    if not requested:
+        raise BadRequest("model is required")
+    name = ModelName.parse(requested)
+    state = services(request)
+    model = state.store.find(name)
+    if model is None:
+        raise NotFound(f"model '{name.display}' not found")
+    return json_response(await asyncio.to_thread(describe_model, model, state.backends, bool(body.verbose)))
+
+
+@get("/api/ps")
+async def ps(request: Request[Any, Any, Any]) -> Response[bytes]:
+    return json_response(describe_loaded(services(request).scheduler))
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def handle_modelyard_error(_: Request[Any, Any, Any], exc: ModelyardError) -> Response[bytes]:
+    return error_response(exc.message, exc.status)
+
+
+def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if isinstance(exc, NotFoundException):
+        return Response("404 page not found", status_code=404, media_type="text/plain")
+    if isinstance(exc, MethodNotAllowedException):
+        return Response("405 method not allowed", status_code=405, media_type="text/plain")
+    return error_response(exc.detail, exc.status_code)
+
+
+def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    if isinstance(exc, GGUFError):
+        return error_response(str(exc), 500)
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(str(exc) or type(exc).__name__, 500)
+
+
+# --- the app --------------------------------------------------------------------------------------
+
+
+def cors_config(settings: Settings) -> CORSConfig:
+    """Ollama's default origins (localhost, app and editor webviews) plus OLLAMA_ORIGINS."""
+    local = r"(https?://(localhost|127\.0\.0\.1|0\.0\.0\.0)(:\d+)?|(app|file|tauri|vscode-webview|vscode-file)://.*)"
+    return CORSConfig(
+        allow_origins=list(settings.origins),
+        allow_origin_regex=local,
+        allow_methods=["*"],
+        allow_headers=["*"],
+    )
+
+
+def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ...] = ()) -> Litestar:
+    """A server with its own store, backends and scheduler (no module state: tests make many)."""
+    settings = settings or Settings.from_env()
+    store = ModelStore(settings.models)
+    manager = build_plugin_manager(extra_plugins, trace=settings.trace_hooks)
+    backends = Backends.discover(manager, settings.backends)
+    scheduler = Scheduler(settings.keep_alive)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if settings.bundled_models:
+            await asyncio.to_thread(install_bundled_models, store)
+        log.info(
+            "modelyard %s: models in %s, backends: %s",
+            __version__,
+            store.root,
+            ", ".join(b.name for b in backends.backends) or "none",
+        )
+        try:
+            yield
+        finally:
+            await scheduler.close()
+            await backends.close()
+
+    return Litestar(
+        route_handlers=[root, root_head, version, version_head, generate, chat, tags, tags_head, show, ps],
+        exception_handlers={
+            ModelyardError: handle_modelyard_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+        lifespan=[lifespan],
+        cors_config=cors_config(settings),
+        state=State({
+            "settings": settings,
+            "store": store,
+            "backends": backends,
+            "scheduler": scheduler,
+            "inference": Inference(store, backends, scheduler, settings.context_length),
+            "plugin_manager": manager,
+        }),
+        openapi_config=None,
+        debug=False,
+    )

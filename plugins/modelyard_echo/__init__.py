@@ -1,0 +1,105 @@
+"""The echo backend: answers with the prompt it was given, word by word.
+
+It is deterministic and needs no engine, so core tests use it, and it is the example the plugin
+tutorial (docs/plugins.md) walks through. It serves any model of the store but never the ones a real
+engine serves first (it registers with the lowest priority).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import msgspec
+
+from modelyard.backend import COMPLETION, Completion, Done, Event, TextDelta
+from modelyard.hookspecs import hookimpl
+from modelyard.options import Options
+from modelyard.store import StoredModel
+from modelyard.text import StopSequences
+
+
+class EchoSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """MODELYARD_ECHO_<FIELD> environment variables."""
+
+    delay: float = 0.0  # seconds between words, to watch streaming and cancellation
+
+
+class EchoBackend:
+    name: ClassVar[str] = "echo"
+    priority: ClassVar[int] = 1000
+    Settings: ClassVar[type[msgspec.Struct]] = EchoSettings
+
+    def __init__(self, settings: EchoSettings) -> None:
+        self.settings = settings
+
+    def serves(self, model: StoredModel) -> bool:
+        return True
+
+    def capabilities(self, model: StoredModel) -> frozenset[str]:
+        return frozenset({COMPLETION})
+
+    def load_key(self, model: StoredModel, options: Options) -> tuple[Any, ...]:
+        return (options.num_ctx,)
+
+    async def load(self, model: StoredModel, options: Options) -> EchoModel:
+        return EchoModel(self.settings.delay, options.num_ctx)
+
+    async def close(self) -> None:
+        pass
+
+
+class EchoModel:
+    size_vram = 0
+
+    def __init__(self, delay: float, context_length: int) -> None:
+        self.delay = delay
+        self.context_length = context_length
+        self.size = 0
+
+    async def generate(self, completion: Completion) -> AsyncIterator[Event]:
+        started = time.perf_counter_ns()
+        if completion.messages:
+            prompt = next((m.content for m in reversed(completion.messages) if m.role == "user"), "")
+        else:
+            prompt = completion.prompt or ""
+        answer = json.dumps({"echo": prompt}) if completion.format is not None else prompt
+        words = re.findall(r"\s*\S+", answer) or [""]
+        options = completion.options
+        stops = StopSequences(options.stop)
+        reason, count = "stop", 0
+        for word in words:
+            if 0 <= options.num_predict <= count:
+                reason = "length"
+                break
+            count += 1
+            text, stopped = stops.push(word)
+            if text:
+                yield TextDelta(text)
+            if stopped:
+                break
+            await asyncio.sleep(self.delay)
+        else:
+            if tail := stops.flush():
+                yield TextDelta(tail)
+        finished = time.perf_counter_ns()
+        yield Done(
+            reason=reason,
+            prompt_eval_count=len(prompt.split()),
+            prompt_eval_duration=0,
+            eval_count=count,
+            eval_duration=finished - started,
+            context=list((prompt + answer).encode()) if completion.want_context else None,
+        )
+
+    async def close(self) -> None:
+        pass
+
+
+@hookimpl
+def register_backends(register: Any) -> None:
+    register(EchoBackend)

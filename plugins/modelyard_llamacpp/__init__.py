@@ -1,0 +1,276 @@
+"""The llama.cpp backend, through llama-cpp-python. Registered like any third-party plugin.
+
+It serves GGUF models. Chat templates come from the GGUF (Jinja); Ollama's options map onto llama.cpp's
+sampler; generation runs in a worker thread that stops between tokens when the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import ctypes
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, ClassVar
+
+import msgspec
+
+from modelyard.backend import COMPLETION, TOOLS, Completion, Done, Event, TextDelta, iterate_in_thread
+from modelyard.errors import BackendUnavailable, BadRequest, InternalError
+from modelyard.hookspecs import hookimpl
+from modelyard.options import Options
+from modelyard.store import StoredModel
+from modelyard.text import StopSequences
+
+from modelyard.chat_template import ChatTemplate
+
+INSTALL_HINT = (
+    "the llamacpp backend needs llama-cpp-python: install modelyard as README.md says "
+    "(it builds llama-cpp-python with flags that work on this CPU)"
+)
+
+
+class LlamaCppSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """MODELYARD_LLAMACPP_<FIELD> environment variables."""
+
+    flash_attn: bool = False
+    verbose: bool = False  # llama.cpp's own logging on stderr
+
+
+def default_threads() -> int:
+    """Every core this process may run on (llama-cpp-python's default is half the logical CPUs)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class LlamaCppBackend:
+    name: ClassVar[str] = "llamacpp"
+    priority: ClassVar[int] = 10
+    Settings: ClassVar[type[msgspec.Struct]] = LlamaCppSettings
+
+    def __init__(self, settings: LlamaCppSettings) -> None:
+        self.settings = settings
+
+    def serves(self, model: StoredModel) -> bool:
+        return model.format == "gguf"
+
+    def capabilities(self, model: StoredModel) -> frozenset[str]:
+        found = {COMPLETION}
+        template = str(model.gguf.metadata.get("tokenizer.chat_template", ""))
+        if "tools" in template:
+            found.add(TOOLS)
+        return frozenset(found)
+
+    def context_length(self, model: StoredModel, options: Options) -> int:
+        trained = model.gguf.arch_value("context_length") or options.num_ctx
+        return max(1, min(options.num_ctx, int(trained)))
+
+    def load_key(self, model: StoredModel, options: Options) -> tuple[Any, ...]:
+        return (
+            self.context_length(model, options),
+            options.num_batch,
+            options.num_thread or default_threads(),
+            options.num_gpu,
+            options.use_mmap,
+        )
+
+    async def load(self, model: StoredModel, options: Options) -> LlamaCppModel:
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise BackendUnavailable(INSTALL_HINT) from exc
+        n_ctx, n_batch, n_threads, num_gpu, use_mmap = self.load_key(model, options)
+
+        def construct() -> Any:
+            return llama_cpp.Llama(
+                str(model.model_path),
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=n_batch,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                n_gpu_layers=num_gpu if num_gpu >= 0 else -1,
+                use_mmap=True if use_mmap is None else use_mmap,
+                flash_attn=self.settings.flash_attn,
+                verbose=self.settings.verbose,
+            )
+
+        try:
+            llm = await asyncio.to_thread(construct)
+        except (ValueError, RuntimeError) as exc:
+            raise InternalError(f"llama.cpp could not load {model.name.display}: {exc}") from exc
+        return LlamaCppModel(llm, model, n_ctx)
+
+    async def close(self) -> None:
+        pass
+
+
+class LlamaCppModel:
+    def __init__(self, llm: Any, model: StoredModel, n_ctx: int) -> None:
+        import llama_cpp
+
+        self.llm = llm
+        self.n_ctx = n_ctx
+        self.context_length = n_ctx
+        self.size = model.model_path.stat().st_size + _kv_cache_bytes(model, n_ctx)
+        self.size_vram = 0
+        self._lib = llama_cpp
+        metadata = model.gguf.metadata
+        self.template = ChatTemplate(
+            str(metadata.get("tokenizer.chat_template", "")),
+            bos_token=_token_text(metadata, "tokenizer.ggml.bos_token_id"),
+            eos_token=_token_text(metadata, "tokenizer.ggml.eos_token_id"),
+        )
+        self._grammars: dict[str, Any] = {}
+        self._pieces: dict[int, bytes] = {}
+
+    async def generate(self, completion: Completion) -> AsyncIterator[Event]:
+        async for event in iterate_in_thread(lambda stop: self._generate(completion, stop)):
+            yield event
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.llm.close)
+
+    # --- in the worker thread ---------------------------------------------------------------------
+
+    def _prompt_tokens(self, completion: Completion) -> list[int]:
+        if completion.messages is not None:
+            text = self.template.render(completion.messages, completion.tools)
+        else:
+            text = completion.prompt or ""
+        add_bos = self.llm._model.add_bos_token() and not (
+            self.template.bos_token and text.startswith(self.template.bos_token)
+        )
+        tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        return list(completion.context or []) + tokens
+
+    def _piece(self, token: int) -> bytes:
+        """The bytes of one token (special tokens render as nothing), cached per token id."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            buffer = ctypes.create_string_buffer(64)
+            length = self._lib.llama_token_to_piece(self.llm._model.vocab, token, buffer, len(buffer), 0, False)
+            if length < 0:
+                buffer = ctypes.create_string_buffer(-length)
+                length = self._lib.llama_token_to_piece(self.llm._model.vocab, token, buffer, len(buffer), 0, False)
+            piece = self._pieces[token] = buffer.raw[:length]
+        return piece
+
+    def _fit(self, tokens: list[int], keep: int) -> list[int]:
+        """Drop the oldest tokens after the first `keep` so that at least one token can be generated."""
+        limit = self.n_ctx - 1
+        if len(tokens) <= limit:
+            return tokens
+        keep = max(0, min(keep, limit // 2))
+        return tokens[:keep] + tokens[len(tokens) - (limit - keep) :]
+
+    def _grammar(self, format_: Any) -> Any:
+        if format_ is None:
+            return None
+        source = "json" if format_ == "json" else json.dumps(format_, sort_keys=True)
+        if source not in self._grammars:
+            from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+            try:
+                if format_ == "json":
+                    self._grammars[source] = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+                else:
+                    self._grammars[source] = LlamaGrammar.from_json_schema(source, verbose=False)
+            except Exception as exc:
+                raw = json.dumps(json.dumps(format_))
+                raise InternalError(
+                    f'invalid format: {raw}; expected "json" or a valid JSON Schema object ({exc})'
+                ) from exc
+        return self._grammars[source]
+
+    def _generate(self, completion: Completion, stop: threading.Event) -> Iterator[Event]:
+        options = completion.options
+        llm = self.llm
+        started = time.perf_counter_ns()
+        grammar = self._grammar(completion.format)
+        prompt = self._fit(self._prompt_tokens(completion), options.num_keep)
+        if not prompt:
+            raise BadRequest("the prompt is empty after tokenization")
+        llm.set_seed(options.seed if options.seed >= 0 else random.getrandbits(32))
+        llm.last_n_tokens_size = self.n_ctx if options.repeat_last_n < 0 else options.repeat_last_n
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = StopSequences(options.stop)
+        vocab = llm._model.vocab
+        is_eog = self._lib.llama_vocab_is_eog
+        to_piece = self._piece
+        budget = options.num_predict if options.num_predict >= 0 else self.n_ctx
+        room = self.n_ctx - len(prompt)
+        output: list[int] = []
+        reason = "stop"
+        first_token_at = None
+        if budget == 0:
+            reason = "length"
+        else:
+            tokens = llm.generate(
+                prompt,
+                top_k=options.top_k,
+                top_p=options.top_p,
+                min_p=options.min_p,
+                typical_p=options.typical_p,
+                temp=options.temperature,
+                repeat_penalty=options.repeat_penalty,
+                frequency_penalty=options.frequency_penalty,
+                presence_penalty=options.presence_penalty,
+                grammar=grammar,
+            )
+            for token in tokens:
+                if first_token_at is None:
+                    first_token_at = time.perf_counter_ns()
+                if stop.is_set() or is_eog(vocab, token):
+                    break
+                output.append(token)
+                text, stopped = stops.push(decoder.decode(to_piece(token)))
+                if text:
+                    yield TextDelta(text)
+                if stopped:
+                    break
+                if len(output) >= budget or len(output) >= room:
+                    reason = "length"
+                    break
+            tokens.close()
+        tail = decoder.decode(b"", final=True) + stops.flush()
+        if tail:
+            yield TextDelta(tail)
+        finished = time.perf_counter_ns()
+        first_token_at = first_token_at or finished
+        yield Done(
+            reason=reason,
+            prompt_eval_count=len(prompt),
+            prompt_eval_duration=first_token_at - started,
+            eval_count=len(output),
+            eval_duration=finished - first_token_at,
+            context=prompt + output if completion.want_context else None,
+        )
+
+
+def _token_text(metadata: dict[str, Any], key: str) -> str:
+    tokens = metadata.get("tokenizer.ggml.tokens") or []
+    token_id = metadata.get(key)
+    return tokens[token_id] if isinstance(token_id, int) and 0 <= token_id < len(tokens) else ""
+
+
+def _kv_cache_bytes(model: StoredModel, n_ctx: int) -> int:
+    """f16 K and V for every layer: what the context costs on top of the weights."""
+    header = model.gguf
+    layers = header.arch_value("block_count") or 0
+    heads = header.arch_value("attention.head_count") or 1
+    kv_heads = header.arch_value("attention.head_count_kv") or heads
+    embedding = header.arch_value("embedding_length") or 0
+    head_dim = header.arch_value("attention.key_length") or (embedding // heads if heads else 0)
+    return 2 * 2 * n_ctx * layers * kv_heads * head_dim
+
+
+@hookimpl
+def register_backends(register: Any) -> None:
+    register(LlamaCppBackend)
