@@ -1,13 +1,100 @@
-"""The `modelyard` command: Ollama's verbs. Every verb but `serve` talks to the server over HTTP."""
+"""The `modelyard` command: Ollama's verbs. Every verb but `serve` talks to the server over HTTP,
+at OLLAMA_HOST like Ollama's CLI."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
 
 from . import __version__
+from .config import base_url
+
+
+class ServerError(Exception):
+    """The server answered with an error (or could not be reached)."""
+
+
+class Client:
+    """A small HTTP client of the server, streaming NDJSON like the official clients."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=None)
+
+    def _check(self, response: httpx.Response) -> None:
+        if response.status_code >= 400:
+            response.read()
+            try:
+                message = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text
+            raise ServerError(message)
+
+    def get(self, path: str) -> Any:
+        try:
+            response = self.http.get(path)
+        except httpx.ConnectError as exc:
+            raise ServerError(f"could not connect to a running modelyard server at {self.url}") from exc
+        self._check(response)
+        return response.json()
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        try:
+            response = self.http.post(path, json={**body, "stream": False})
+        except httpx.ConnectError as exc:
+            raise ServerError(f"could not connect to a running modelyard server at {self.url}") from exc
+        self._check(response)
+        return response.json()
+
+    def stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        try:
+            with self.http.stream("POST", path, json={**body, "stream": True}) as response:
+                self._check(response)
+                for line in response.iter_lines():
+                    if line:
+                        part = json.loads(line)
+                        if "error" in part:
+                            raise ServerError(part["error"])
+                        yield part
+        except httpx.ConnectError as exc:
+            raise ServerError(f"could not connect to a running modelyard server at {self.url}") from exc
+
+
+def human_size(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.0f} {unit}" if size / scale >= 10 else f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def human_ago(stamp: str) -> str:
+    moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    seconds = (dt.datetime.now(dt.timezone.utc) - moment).total_seconds()
+    future = seconds < 0
+    seconds = abs(seconds)
+    for unit, scale in (("year", 31536000), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= scale:
+            count = int(seconds // scale)
+            text = f"{count} {unit}{'s' if count > 1 else ''}"
+            return f"{text} from now" if future else f"{text} ago"
+    return "now" if not future else "in a moment"
+
+
+def print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("    ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+# --- verbs ----------------------------------------------------------------------------------------
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -18,23 +105,176 @@ def serve(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=args.access_log)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=args.access_log)
     return 0
+
+
+def list_models(client: Client, args: argparse.Namespace) -> int:
+    rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
+    for model in client.get("/api/tags")["models"]:
+        rows.append([model["name"], model["digest"][:12], human_size(model["size"]), human_ago(model["modified_at"])])
+    print_table(rows)
+    return 0
+
+
+def ps(client: Client, args: argparse.Namespace) -> int:
+    rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
+    for model in client.get("/api/ps")["models"]:
+        vram, size = model["size_vram"], model["size"]
+        processor = "100% CPU" if vram == 0 else "100% GPU" if vram >= size else f"{100 * vram // size}% GPU"
+        until = human_ago(model["expires_at"])
+        if until.startswith("2"):  # ~292 years: kept forever
+            until = "Forever"
+        rows.append([model["name"], model["digest"][:12], human_size(size), processor, str(model["context_length"]), until])
+    print_table(rows)
+    return 0
+
+
+def show(client: Client, args: argparse.Namespace) -> int:
+    info = client.post("/api/show", {"model": args.model})
+    if args.modelfile:
+        print(info.get("modelfile", ""))
+        return 0
+    details = info["details"]
+    model_info = info.get("model_info", {})
+    arch = model_info.get("general.architecture", details.get("family", ""))
+    print("  Model")
+    rows = [
+        ("architecture", arch),
+        ("parameters", details.get("parameter_size", "")),
+        ("context length", model_info.get(f"{arch}.context_length", "")),
+        ("embedding length", model_info.get(f"{arch}.embedding_length", "")),
+        ("quantization", details.get("quantization_level", "")),
+    ]
+    for label, value in rows:
+        if value != "":
+            print(f"    {label:<20}{value}")
+    if info.get("capabilities"):
+        print("\n  Capabilities")
+        for capability in info["capabilities"]:
+            print(f"    {capability}")
+    if info.get("parameters"):
+        print("\n  Parameters")
+        for line in info["parameters"].splitlines():
+            print(f"    {line}")
+    return 0
+
+
+def stop(client: Client, args: argparse.Namespace) -> int:
+    client.post("/api/generate", {"model": args.model, "keep_alive": 0})
+    return 0
+
+
+def _stream_reply(client: Client, body: dict[str, Any]) -> str:
+    """Print a chat reply as it streams (a spinner until the first token) and return its text."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    reply = []
+    parts = client.stream("/api/chat", body)
+    with console.status("", spinner="dots") if sys.stderr.isatty() else _nothing():
+        first = next(parts, None)
+    for part in [first] if first else []:
+        reply.append(part["message"]["content"])
+        sys.stdout.write(part["message"]["content"])
+        sys.stdout.flush()
+    for part in parts:
+        reply.append(part["message"]["content"])
+        sys.stdout.write(part["message"]["content"])
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return "".join(reply)
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def run(client: Client, args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {}
+    body: dict[str, Any] = {"model": args.model, "options": options}
+    if args.keepalive is not None:
+        body["keep_alive"] = args.keepalive
+    prompt = " ".join(args.prompt)
+    if not sys.stdin.isatty() and not prompt:
+        prompt = sys.stdin.read()
+    if prompt:
+        _stream_reply(client, {**body, "messages": [{"role": "user", "content": prompt}]})
+        return 0
+    client.post("/api/generate", {"model": args.model, **({"keep_alive": args.keepalive} if args.keepalive else {})})
+    history: list[dict[str, str]] = []
+    print('>>> Send a message (/bye to quit, /clear to forget the conversation)', file=sys.stderr)
+    while True:
+        try:
+            line = input(">>> ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        if line.strip() in ("/bye", "/exit"):
+            return 0
+        if line.strip() == "/clear":
+            history.clear()
+            continue
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        try:
+            answer = _stream_reply(client, {**body, "messages": history})
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            history.pop()
+            continue
+        history.append({"role": "assistant", "content": answer})
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelyard", description="A drop-in replacement for Ollama.")
-    parser.add_argument("--version", "-v", action="version", version=f"modelyard version {__version__}")
+    parser.add_argument("--version", "-v", action="version", version=f"modelyard version is {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="command")
+
     serve_parser = verbs.add_parser("serve", help="start the server (OLLAMA_HOST, default 127.0.0.1:11434)")
     serve_parser.add_argument("--access-log", action="store_true", help="log every request")
-    serve_parser.set_defaults(handler=serve)
+    serve_parser.set_defaults(handler=serve, needs_client=False)
+
+    run_parser = verbs.add_parser("run", help="chat with a model (one prompt, or interactively)")
+    run_parser.add_argument("model")
+    run_parser.add_argument("prompt", nargs="*")
+    run_parser.add_argument("--keepalive", help="how long the model stays loaded (e.g. 5m, 0, -1)")
+    run_parser.set_defaults(handler=run)
+
+    for verb, aliases, handler, help_text in (
+        ("list", ["ls"], list_models, "list the models of the store"),
+        ("ps", [], ps, "list the loaded models"),
+    ):
+        verb_parser = verbs.add_parser(verb, aliases=aliases, help=help_text)
+        verb_parser.set_defaults(handler=handler)
+
+    show_parser = verbs.add_parser("show", help="show a model's details")
+    show_parser.add_argument("model")
+    show_parser.add_argument("--modelfile", action="store_true", help="print the model's Modelfile")
+    show_parser.set_defaults(handler=show)
+
+    stop_parser = verbs.add_parser("stop", help="unload a model")
+    stop_parser.add_argument("model")
+    stop_parser.set_defaults(handler=stop)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    if not getattr(args, "needs_client", True):
+        return args.handler(args)
+    client = Client(base_url(os.environ.get("OLLAMA_HOST")))
+    try:
+        return args.handler(client, args)
+    except ServerError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
