@@ -98,9 +98,17 @@ def install_gemma3(store: ModelStore) -> None:
     log.info("installed bundled model %s", GEMMA3.display)
 
 
-def install_bundled_models(store: ModelStore) -> None:
-    """Enter every bundled model whose package is installed; models already in the store are kept."""
-    for install in (install_smollm2, install_gemma3):
+BUNDLED = {SMOLLM2.display: install_smollm2, GEMMA3.display: install_gemma3}
+
+
+def install_bundled_models(store: ModelStore, names: tuple[str, ...] | None = None) -> None:
+    """Enter the bundled models (all, or those named) whose packages are installed.
+
+    Models already in the store are kept as they are.
+    """
+    for name, install in BUNDLED.items():
+        if names is not None and name not in names:
+            continue
         try:
             install(store)
         except (OSError, ValueError) as exc:

@@ -50,7 +50,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     keep_alive: float = 300.0  # seconds; math.inf keeps models loaded forever
     context_length: int = 4096  # default num_ctx, capped at each model's trained length
     backends: tuple[str, ...] | None = None  # None: every installed backend
-    bundled_models: bool = True
+    bundled_models: tuple[str, ...] | None = None  # None: every bundled model whose package is installed
     trace_hooks: bool = False
     origins: tuple[str, ...] = ()
 
@@ -59,6 +59,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         host, port = parse_host(env.get("OLLAMA_HOST"))
         models = env.get("MODELYARD_MODELS") or env.get("OLLAMA_MODELS")
         backends = env.get("MODELYARD_BACKENDS")
+        bundled = env.get("MODELYARD_BUNDLED_MODELS", "").strip()
         return cls(
             host=host,
             port=port,
@@ -66,7 +67,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             keep_alive=parse_keep_alive_setting(env["OLLAMA_KEEP_ALIVE"]) if env.get("OLLAMA_KEEP_ALIVE") else 300.0,
             context_length=int(env.get("OLLAMA_CONTEXT_LENGTH") or 4096),
             backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
-            bundled_models=env.get("MODELYARD_NO_BUNDLED_MODELS", "") in ("", "0", "false"),
+            bundled_models=None if not bundled else tuple(n.strip() for n in bundled.split(",") if n.strip() != "none"),
             trace_hooks=env.get("MODELYARD_TRACE_HOOKS", "") not in ("", "0", "false"),
             origins=tuple(o.strip() for o in env.get("OLLAMA_ORIGINS", "").split(",") if o.strip()),
         )

@@ -105,6 +105,8 @@ class Inference:
             raise BadRequest(f'"{requested}" does not support generate')
         if request.raw and (request.template or request.system or request.context):
             raise BadRequest("raw mode does not support template, system, or context")
+        if request.template:
+            raise BadRequest("the template field (a Go template) is not supported yet; see docs/compatibility.md")
         if request.suffix and INSERT not in capabilities:
             raise BadRequest(f"{model.name.fully_qualified} does not support insert")
         _check_think(request.think, requested, capabilities)

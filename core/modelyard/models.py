@@ -136,7 +136,8 @@ def describe_loaded(scheduler: Scheduler) -> ProcessResponse:
                 size=runner.loaded.size,
                 digest=runner.model.digest,
                 details=runner.model.details(),
-                expires_at=go_time(runner.expires_at or now),
+                # A model in use expires keep_alive after its request ends; show that from now.
+                expires_at=go_time(runner.expires_at or now + dt.timedelta(seconds=min(runner.keep_alive, 1e10))),
                 size_vram=runner.loaded.size_vram,
                 context_length=runner.loaded.context_length,
             )

@@ -18,6 +18,7 @@ DEFAULT_TAG = "latest"
 
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}")
 _NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}")
+_DIGEST = re.compile(r"sha256[:-][0-9a-fA-F]{64}")
 _MODEL_OR_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
 
 
@@ -31,7 +32,9 @@ class ModelName(msgspec.Struct, frozen=True):
     def parse(cls, text: str) -> ModelName:
         """The fully qualified name, or BadRequest("invalid model name")."""
         rest = text.split("://", 1)[1] if "://" in text else text
-        rest, _, _digest = rest.partition("@")
+        rest, at, digest = rest.partition("@")
+        if at and not _DIGEST.fullmatch(digest):
+            raise BadRequest("invalid model name")
         tag = DEFAULT_TAG
         colon, slash = rest.rfind(":"), rest.rfind("/")
         if colon > slash:

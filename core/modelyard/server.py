@@ -254,8 +254,7 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        if settings.bundled_models:
-            await asyncio.to_thread(install_bundled_models, store)
+        await asyncio.to_thread(install_bundled_models, store, settings.bundled_models)
         log.info(
             "modelyard %s: models in %s, backends: %s",
             __version__,

@@ -197,6 +197,10 @@ class LlamaCppModel:
         prompt = self._fit(self._prompt_tokens(completion), options.num_keep)
         if not prompt:
             raise BadRequest("the prompt is empty after tokenization")
+        if options.seed >= 0:
+            # A seeded request must repeat exactly. Logits of a prompt evaluated in one batch differ in
+            # the last bits from those of a cached prefix plus a short batch, so it skips the cache.
+            llm.reset()
         llm.set_seed(options.seed if options.seed >= 0 else random.getrandbits(32))
         llm.last_n_tokens_size = self.n_ctx if options.repeat_last_n < 0 else options.repeat_last_n
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
