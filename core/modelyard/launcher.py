@@ -30,6 +30,7 @@ class ServerProcess:
         environment = {**os.environ, **(env or {})}
         environment["OLLAMA_HOST"] = f"127.0.0.1:{self.port}"
         environment["MODELYARD_MODELS"] = str(models)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "modelyard", "serve"], env=environment, stdout=self._log, stderr=subprocess.STDOUT
