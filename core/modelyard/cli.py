@@ -4,7 +4,9 @@ at OLLAMA_HOST like Ollama's CLI."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import itertools
 import json
 import logging
 import os
@@ -170,29 +172,33 @@ def _stream_reply(client: Client, body: dict[str, Any]) -> str:
     """Print a chat reply as it streams (a spinner until the first token) and return its text."""
     from rich.console import Console
 
-    console = Console(stderr=True)
-    reply = []
     parts = client.stream("/api/chat", body)
-    with console.status("", spinner="dots") if sys.stderr.isatty() else _nothing():
+    console = Console(stderr=True)
+    waiting = console.status("", spinner="dots") if console.is_terminal else contextlib.nullcontext()
+    with waiting:
         first = next(parts, None)
-    for part in [first] if first else []:
-        reply.append(part["message"]["content"])
-        sys.stdout.write(part["message"]["content"])
-        sys.stdout.flush()
-    for part in parts:
-        reply.append(part["message"]["content"])
-        sys.stdout.write(part["message"]["content"])
+    reply = []
+    for part in itertools.chain([first] if first else [], parts):
+        text = part["message"]["content"]
+        reply.append(text)
+        sys.stdout.write(text)
         sys.stdout.flush()
     sys.stdout.write("\n")
     return "".join(reply)
 
 
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def _set_parameter(options: dict[str, Any], words: list[str]) -> None:
+    """`/set parameter num_predict 64`, as in Ollama's interactive mode (values are JSON, else text)."""
+    if len(words) != 2:
+        print("Usage: /set parameter <name> <value>", file=sys.stderr)
+        return
+    name, text = words
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    options[name] = [value] if name == "stop" and not isinstance(value, list) else value
+    print(f"Set parameter '{name}' to '{text}'", file=sys.stderr)
 
 
 def run(client: Client, args: argparse.Namespace) -> int:
@@ -208,7 +214,7 @@ def run(client: Client, args: argparse.Namespace) -> int:
         return 0
     client.post("/api/generate", {"model": args.model, **({"keep_alive": args.keepalive} if args.keepalive else {})})
     history: list[dict[str, str]] = []
-    print('>>> Send a message (/bye to quit, /clear to forget the conversation)', file=sys.stderr)
+    print(">>> Send a message (/bye to quit, /clear to forget, /set parameter NAME VALUE)", file=sys.stderr)
     while True:
         try:
             line = input(">>> ")
@@ -219,6 +225,9 @@ def run(client: Client, args: argparse.Namespace) -> int:
             return 0
         if line.strip() == "/clear":
             history.clear()
+            continue
+        if line.startswith("/set parameter "):
+            _set_parameter(options, line.removeprefix("/set parameter ").split(maxsplit=1))
             continue
         if not line.strip():
             continue

@@ -25,18 +25,29 @@ from .options import merge_options, parse_format, parse_keep_alive, parse_option
 from .scheduler import Lease, Scheduler
 from .store import ModelStore, StoredModel
 from .plugins import Backends
+from .prompt import render_go_template
 from .wire import ChatRequest, ChatResponse, GenerateRequest, GenerateResponse, Message, ResponseMessage
 
 THINK_LEVELS = ("high", "medium", "low", "max")
 
 
-def now_utc() -> str:
-    """Go's time.Now().UTC() in RFC 3339 with nanoseconds, trailing zeros trimmed."""
-    nanoseconds = time.time_ns()
-    seconds, fraction = divmod(nanoseconds, 1_000_000_000)
-    stamp = dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    digits = f"{fraction:09d}".rstrip("0")
-    return f"{stamp}.{digits}Z" if digits else f"{stamp}Z"
+class UtcClock:
+    """Go's time.Now().UTC() in RFC 3339 with nanoseconds, trailing zeros trimmed.
+
+    The seconds part is formatted once per second: this runs for every streamed token.
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def now(self) -> str:
+        seconds, fraction = divmod(time.time_ns(), 1_000_000_000)
+        if seconds != self._second:
+            self._second = seconds
+            self._prefix = dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        digits = f"{fraction:09d}".rstrip("0")
+        return f"{self._prefix}.{digits}Z" if digits else f"{self._prefix}Z"
 
 
 def _check_top_logprobs(value: int | None) -> None:
@@ -69,6 +80,7 @@ class Inference:
         self.backends = backends
         self.scheduler = scheduler
         self.context_length = context_length  # num_ctx when neither the model nor the request sets it
+        self.clock = UtcClock()
 
     def find_model(self, requested: str, *, missing_is_not_found: bool) -> StoredModel:
         """The stored model a request names, with the errors of Ollama's generate/chat handlers."""
@@ -93,7 +105,7 @@ class Inference:
         prompt = request.prompt or ""
 
         def chunk(text: str, **fields: Any) -> GenerateResponse:
-            return GenerateResponse(model=requested, created_at=now_utc(), response=text, **fields)
+            return GenerateResponse(model=requested, created_at=self.clock.now(), response=text, **fields)
 
         if not prompt and keep_alive == 0:
             await self.scheduler.unload(model)
@@ -105,8 +117,6 @@ class Inference:
             raise BadRequest(f'"{requested}" does not support generate')
         if request.raw and (request.template or request.system or request.context):
             raise BadRequest("raw mode does not support template, system, or context")
-        if request.template:
-            raise BadRequest("the template field (a Go template) is not supported yet; see docs/compatibility.md")
         if request.suffix and INSERT not in capabilities:
             raise BadRequest(f"{model.name.fully_qualified} does not support insert")
         _check_think(request.think, requested, capabilities)
@@ -135,6 +145,10 @@ class Inference:
                     want_context=True,
                     format=format_,
                 )
+                template = request.template or model.template
+                if template:
+                    completion.prompt = render_go_template(template, messages, suffix=request.suffix or "")
+                    completion.messages = None
             async with aclosing(lease.model.generate(completion)) as events:
                 async for event in events:
                     if isinstance(event, TextDelta):
@@ -160,7 +174,7 @@ class Inference:
         def chunk(text: str, **fields: Any) -> ChatResponse:
             return ChatResponse(
                 model=requested,
-                created_at=now_utc(),
+                created_at=self.clock.now(),
                 message=ResponseMessage(role="assistant", content=text),
                 **fields,
             )
@@ -192,6 +206,9 @@ class Inference:
             completion = Completion(
                 options=options, messages=prompt_messages, format=format_, tools=request.tools or None
             )
+            if model.template:
+                completion.prompt = render_go_template(model.template, prompt_messages, request.tools)
+                completion.messages = None
             async with aclosing(lease.model.generate(completion)) as events:
                 async for event in events:
                     if isinstance(event, TextDelta):

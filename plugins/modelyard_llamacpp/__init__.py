@@ -130,9 +130,8 @@ class LlamaCppModel:
         self._grammars: dict[str, Any] = {}
         self._pieces: dict[int, bytes] = {}
 
-    async def generate(self, completion: Completion) -> AsyncIterator[Event]:
-        async for event in iterate_in_thread(lambda stop: self._generate(completion, stop)):
-            yield event
+    def generate(self, completion: Completion) -> AsyncIterator[Event]:
+        return iterate_in_thread(lambda stop: self._generate(completion, stop))
 
     async def close(self) -> None:
         await asyncio.to_thread(self.llm.close)

@@ -7,7 +7,7 @@ import pty
 import subprocess
 import sys
 
-import pytest
+import httpx
 
 MODEL = "smollm2:135m"
 
@@ -53,17 +53,18 @@ def test_run_interactive_chat_on_a_terminal(llama_server):
         [sys.executable, "-m", "modelyard", "run", MODEL],
         stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
     )
-    os.write(controller, b"My name is Ada.\nWhat is my name?\n/bye\n")
+    os.write(controller, b"/set parameter num_predict 12\nMy name is Ada.\nWhat is my name?\n/bye\n")
     stdout, stderr = process.communicate(timeout=120)
     os.close(controller)
     os.close(terminal)
     assert process.returncode == 0, stderr
     answers = [line for line in stdout.split(">>> ") if line.strip()]
-    assert len(answers) >= 2
+    assert len(answers) == 2
+    assert "Set parameter 'num_predict' to '12'" in stderr
 
 
 def test_ps_show_and_stop(llama_server):
-    modelyard(llama_server, "run", MODEL, "hi")
+    httpx.post(llama_server.url + "/api/generate", json={"model": MODEL}, timeout=60)  # load
     listed = modelyard(llama_server, "ps").stdout
     assert MODEL in listed and "100% CPU" in listed
     shown = modelyard(llama_server, "show", MODEL).stdout

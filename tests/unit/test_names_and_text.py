@@ -77,3 +77,27 @@ def test_stop_sequences_release_text_that_did_not_match():
 
 def test_no_stop_sequences_pass_text_through():
     assert StopSequences([]).push("abc") == ("abc", False)
+
+
+def test_settings_from_the_environment(tmp_path):
+    import math
+
+    from modelyard.config import Settings
+
+    settings = Settings.from_env(
+        {
+            "OLLAMA_HOST": ":9999",
+            "OLLAMA_MODELS": str(tmp_path),
+            "OLLAMA_KEEP_ALIVE": "-1",
+            "OLLAMA_CONTEXT_LENGTH": "2048",
+            "MODELYARD_BACKENDS": "echo, llamacpp",
+            "MODELYARD_BUNDLED_MODELS": "none",
+        }
+    )
+    assert (settings.host, settings.port, settings.models) == ("127.0.0.1", 9999, tmp_path)
+    assert settings.keep_alive == math.inf
+    assert settings.context_length == 2048
+    assert settings.backends == ("echo", "llamacpp")
+    assert settings.bundled_models == ()
+    assert Settings.from_env({"MODELYARD_MODELS": "/a", "OLLAMA_MODELS": "/b", "OLLAMA_KEEP_ALIVE": "10m"}).models.as_posix() == "/a"
+    assert Settings.from_env({"OLLAMA_KEEP_ALIVE": "600"}).keep_alive == 600
