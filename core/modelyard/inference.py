@@ -21,7 +21,7 @@ from msgspec import UNSET
 from .backend import COMPLETION, INSERT, THINKING, TOOLS, VISION, Backend, Completion, Done, TextDelta
 from .errors import BadRequest, NotFound
 from .names import ModelName
-from .options import merge_options, parse_format, parse_keep_alive, parse_options
+from .options import Format, Options, merge_options, parse_format, parse_keep_alive, parse_options
 from .scheduler import Lease, Scheduler
 from .store import ModelStore, StoredModel
 from .plugins import Backends
@@ -62,7 +62,7 @@ def _check_think(think: bool | str | None, model_field: str, capabilities: froze
         raise BadRequest(f'"{model_field}" does not support thinking')
 
 
-def _check_images(images: list[str] | None, model_field: str, capabilities: frozenset[str]) -> None:
+def _check_images(images: list[str], model_field: str, capabilities: frozenset[str]) -> None:
     if not images:
         return
     for image in images:
@@ -93,9 +93,26 @@ class Inference:
             raise NotFound(f"model '{requested}' not found")
         return model
 
-    async def _lease(self, model: StoredModel, backend: Backend, options_layer: dict[str, Any], keep_alive):
-        options = merge_options({"num_ctx": self.context_length}, parse_options(model.parameters), options_layer)
-        return await self.scheduler.acquire(model, backend, options, keep_alive), options
+    def _backend(
+        self, model: StoredModel, requested: str, verb: str, think: bool | str | None, images: list[str]
+    ) -> tuple[Backend, frozenset[str]]:
+        """The backend that runs the model, after the capability checks both endpoints share."""
+        backend = self.backends.for_model(model)
+        capabilities = backend.capabilities(model)
+        if COMPLETION not in capabilities:
+            raise BadRequest(f'"{requested}" does not support {verb}')
+        _check_think(think, requested, capabilities)
+        _check_images(images, requested, capabilities)
+        return backend, capabilities
+
+    async def _lease(
+        self, model: StoredModel, backend: Backend, raw_options: dict[str, Any] | None, raw_format: Any, keep_alive: float | None
+    ) -> tuple[Lease, Options, Format]:
+        """Options (defaults < model PARAMETERs < request) and format checked, then the model leased."""
+        request_options = parse_options(raw_options)
+        format_ = parse_format(raw_format)
+        options = merge_options({"num_ctx": self.context_length}, parse_options(model.parameters), request_options)
+        return await self.scheduler.acquire(model, backend, options, keep_alive), options, format_
 
     async def generate(self, request: GenerateRequest, started: int) -> AsyncIterator[GenerateResponse]:
         keep_alive = parse_keep_alive(request.keep_alive)
@@ -111,20 +128,12 @@ class Inference:
             await self.scheduler.unload(model)
             yield chunk("", done=True, done_reason="unload")
             return
-        backend = self.backends.for_model(model)
-        capabilities = backend.capabilities(model)
-        if COMPLETION not in capabilities:
-            raise BadRequest(f'"{requested}" does not support generate')
         if request.raw and (request.template or request.system or request.context):
             raise BadRequest("raw mode does not support template, system, or context")
+        backend, capabilities = self._backend(model, requested, "generate", request.think, request.images or [])
         if request.suffix and INSERT not in capabilities:
             raise BadRequest(f"{model.name.fully_qualified} does not support insert")
-        _check_think(request.think, requested, capabilities)
-        _check_images(request.images, requested, capabilities)
-        request_options = parse_options(request.options)
-        format_ = parse_format(request.format)
-
-        lease, options = await self._lease(model, backend, request_options, keep_alive)
+        lease, options, format_ = await self._lease(model, backend, request.options, request.format, keep_alive)
         try:
             if not prompt:
                 yield chunk("", done=True, done_reason="load")
@@ -183,19 +192,11 @@ class Inference:
             await self.scheduler.unload(model)
             yield chunk("", done=True, done_reason="unload")
             return
-        backend = self.backends.for_model(model)
-        capabilities = backend.capabilities(model)
-        if COMPLETION not in capabilities:
-            raise BadRequest(f'"{requested}" does not support chat')
+        images = [image for message in messages for image in (message.images or [])]
+        backend, capabilities = self._backend(model, requested, "chat", request.think, images)
         if request.tools and TOOLS not in capabilities:
             raise BadRequest(f"{model.name.fully_qualified} does not support tools")
-        _check_think(request.think, requested, capabilities)
-        for message in messages:
-            _check_images(message.images or None, requested, capabilities)
-        request_options = parse_options(request.options)
-        format_ = parse_format(request.format)
-
-        lease, options = await self._lease(model, backend, request_options, keep_alive)
+        lease, options, format_ = await self._lease(model, backend, request.options, request.format, keep_alive)
         try:
             if not messages:
                 yield chunk("", done=True, done_reason="load")
