@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 
-import httpx
-
 from modelyard.store import ModelStore
 
 MODEL = "smollm2:135m"
