@@ -53,6 +53,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     bundled_models: tuple[str, ...] | None = None  # None: every bundled model whose package is installed
     trace_hooks: bool = False
     origins: tuple[str, ...] = ()
+    noprune: bool = False  # keep blobs no model uses any more
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -69,5 +70,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
             bundled_models=None if not bundled else tuple(n.strip() for n in bundled.split(",") if n.strip() != "none"),
             trace_hooks=env.get("MODELYARD_TRACE_HOOKS", "") not in ("", "0", "false"),
+            noprune=bool(env.get("OLLAMA_NOPRUNE")),
             origins=tuple(o.strip() for o in env.get("OLLAMA_ORIGINS", "").split(",") if o.strip()),
         )

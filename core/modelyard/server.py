@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import msgspec
-from litestar import Litestar, Request, Response, get, head, post
+from litestar import Litestar, Request, Response, delete, get, head, post
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
@@ -27,7 +27,20 @@ from .names import ModelName
 from .plugins import Backends, build_plugin_manager
 from .scheduler import Scheduler
 from .store import ModelStore
-from .wire import ChatRequest, ErrorResponse, GenerateRequest, ShowRequest, VersionResponse
+from .manage import Management
+from .registry import Registry
+from .wire import (
+    ChatRequest,
+    CopyRequest,
+    CreateRequest,
+    DeleteRequest,
+    ErrorResponse,
+    GenerateRequest,
+    PullRequest,
+    PushRequest,
+    ShowRequest,
+    VersionResponse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +148,11 @@ async def respond(
         await chunks.aclose()
 
 
+def last_chunk(chunks: list[Body]) -> Body:
+    """`stream: false` on pull, push and create: the final status only."""
+    return chunks[-1]
+
+
 # --- routes ---------------------------------------------------------------------------------------
 
 
@@ -203,6 +221,53 @@ async def show(request: Request[Any, Any, Any]) -> Response[bytes]:
     return json_response(await asyncio.to_thread(describe_model, model, state.backends, bool(body.verbose)))
 
 
+@post("/api/create", status_code=200)
+async def create(request: Request[Any, Any, Any]) -> Response[Any]:
+    body = await decode_body(request, CreateRequest)
+    chunks = services(request).management.create(body)
+    return await respond(request, chunks, body.stream is not False, last_chunk)
+
+
+@post("/api/pull", status_code=200)
+async def pull(request: Request[Any, Any, Any]) -> Response[Any]:
+    body = await decode_body(request, PullRequest)
+    chunks = services(request).registry.pull(body.model or body.name, bool(body.insecure))
+    return await respond(request, chunks, body.stream is not False, last_chunk)
+
+
+@post("/api/push", status_code=200)
+async def push(request: Request[Any, Any, Any]) -> Response[Any]:
+    body = await decode_body(request, PushRequest)
+    chunks = services(request).registry.push(body.model or body.name, bool(body.insecure))
+    return await respond(request, chunks, body.stream is not False, last_chunk)
+
+
+@post("/api/copy", status_code=200)
+async def copy(request: Request[Any, Any, Any]) -> Response[bytes]:
+    body = await decode_body(request, CopyRequest)
+    await asyncio.to_thread(services(request).management.copy, body.source, body.destination)
+    return Response(b"", media_type=JSON)
+
+
+@delete("/api/delete", status_code=200)
+async def delete_model(request: Request[Any, Any, Any]) -> Response[bytes]:
+    body = await decode_body(request, DeleteRequest)
+    await services(request).management.delete(body.model or body.name)
+    return Response(b"", media_type=JSON)
+
+
+@head("/api/blobs/{digest:str}")
+async def blob_head(request: Request[Any, Any, Any], digest: str) -> Response[None]:
+    exists = await asyncio.to_thread(services(request).management.blob_exists, digest)
+    return Response(None, status_code=200 if exists else 404, media_type=JSON)
+
+
+@post("/api/blobs/{digest:str}", status_code=201)
+async def blob_upload(request: Request[Any, Any, Any], digest: str) -> Response[bytes]:
+    created = await services(request).management.receive_blob(digest, request.stream())
+    return Response(b"", status_code=201 if created else 200, media_type=JSON)
+
+
 @get("/api/ps")
 async def ps(request: Request[Any, Any, Any]) -> Response[bytes]:
     return json_response(describe_loaded(services(request).scheduler))
@@ -268,7 +333,25 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
             await backends.close()
 
     return Litestar(
-        route_handlers=[root, root_head, version, version_head, generate, chat, tags, tags_head, show, ps],
+        route_handlers=[
+            root,
+            root_head,
+            version,
+            version_head,
+            generate,
+            chat,
+            tags,
+            tags_head,
+            show,
+            ps,
+            create,
+            pull,
+            push,
+            copy,
+            delete_model,
+            blob_head,
+            blob_upload,
+        ],
         exception_handlers={
             ModelyardError: handle_modelyard_error,
             HTTPException: handle_http_exception,
@@ -282,6 +365,8 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
             "backends": backends,
             "scheduler": scheduler,
             "inference": Inference(store, backends, scheduler, settings.context_length),
+            "management": Management(store, backends, scheduler, prune=not settings.noprune),
+            "registry": Registry(store, prune=not settings.noprune),
             "plugin_manager": manager,
         }),
         openapi_config=None,

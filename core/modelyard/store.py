@@ -46,11 +46,13 @@ class Layer(msgspec.Struct, omit_defaults=True):
     from_: str | None = msgspec.field(default=None, name="from")
 
 
-class Manifest(msgspec.Struct, omit_defaults=True):
-    config: Layer
-    layers: list[Layer]
+class Manifest(msgspec.Struct, kw_only=True):
+    """Ollama's manifest, every field always written (registries refuse one without its media type)."""
+
     schemaVersion: int = 2
     mediaType: str = MANIFEST_MEDIA_TYPE
+    config: Layer
+    layers: list[Layer]
 
 
 class RootFS(msgspec.Struct):
@@ -276,7 +278,65 @@ class ModelStore:
         return Layer(mediaType="", digest=digest, size=len(data))
 
     def write_manifest(self, name: ModelName, manifest: Manifest) -> None:
+        """Written last, after every blob it names: a model appears whole or not at all."""
         atomic_write(self.manifests.joinpath(*name.parts), msgspec.json.encode(manifest))
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def partial_path(self, digest: str) -> Path:
+        """Where a blob being downloaded or uploaded grows; it is kept for resuming, never listed."""
+        return self.blobs / f"{blob_name(digest)}-partial"
+
+    def commit_partial(self, digest: str) -> None:
+        """Verify a finished partial blob against its digest and move it into place.
+
+        ValueError (and the partial file removed) when the content does not match.
+        """
+        partial = self.partial_path(digest)
+        with open(partial, "rb+") as file:
+            os.fsync(file.fileno())
+        actual = "sha256:" + sha256_file(partial)
+        if actual != "sha256:" + blob_name(digest).removeprefix("sha256-"):
+            partial.unlink(missing_ok=True)
+            raise ValueError(f'digest mismatch, expected "{digest}", got "{actual}"')
+        os.replace(partial, self.blob_path(digest))
+
+    def referenced_blobs(self) -> set[str]:
+        """Blob file names some manifest names (config included)."""
+        names: set[str] = set()
+        for _, path in self._manifest_files():
+            try:
+                manifest = msgspec.json.decode(path.read_bytes(), type=Manifest)
+            except (OSError, msgspec.DecodeError):
+                continue
+            for layer in (manifest.config, *manifest.layers):
+                try:
+                    names.add(blob_name(layer.digest))
+                except ValueError:
+                    pass
+        return names
+
+    def remove_manifest(self, model: StoredModel) -> None:
+        model.manifest_path.unlink(missing_ok=True)
+        # Empty model and namespace folders go too, as Ollama leaves none behind.
+        for folder in (model.manifest_path.parent, model.manifest_path.parent.parent):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+    def prune(self) -> list[str]:
+        """Remove blobs no manifest names (not partial downloads); returns their names."""
+        if not self.blobs.is_dir():
+            return []
+        keep = self.referenced_blobs()
+        removed = []
+        for path in self.blobs.iterdir():
+            if DIGEST_PATTERN.fullmatch(path.name) and path.name not in keep:
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        return removed
 
     def config_for_gguf(self, model_layer: Layer) -> Layer:
         """The config blob Ollama writes for a GGUF model, with details read from the file."""

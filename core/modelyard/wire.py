@@ -200,3 +200,51 @@ class VersionResponse(Response, kw_only=True):
 
 class ErrorResponse(Response, kw_only=True):
     error: str
+
+
+# --- model management ---------------------------------------------------------------------------
+
+
+class ProgressResponse(Response, kw_only=True):
+    status: str
+    digest: str | UnsetType = UNSET
+    total: int | UnsetType = UNSET
+    completed: int | UnsetType = UNSET
+
+
+class PullRequest(Request, kw_only=True):
+    model: str | None = None
+    name: str | None = None  # deprecated alias of model
+    insecure: bool | None = None
+    stream: bool | None = None
+    username: str | None = None  # deprecated, ignored
+    password: str | None = None  # deprecated, ignored
+
+
+PushRequest = PullRequest
+
+
+class CreateRequest(Request, kw_only=True):
+    model: str | None = None
+    name: str | None = None  # deprecated alias of model
+    from_: str | None = msgspec.field(default=None, name="from")
+    files: dict[str, str] | None = None
+    adapters: dict[str, str] | None = None
+    template: str | None = None
+    license: str | list[str] | None = None
+    system: str | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[Message] | None = None
+    quantize: str | None = None
+    quantization: str | None = None  # deprecated alias of quantize
+    stream: bool | None = None
+
+
+class CopyRequest(Request, kw_only=True):
+    source: str | None = None
+    destination: str | None = None
+
+
+class DeleteRequest(Request, kw_only=True):
+    model: str | None = None
+    name: str | None = None  # deprecated alias of model

@@ -1,0 +1,292 @@
+"""/api/create, /api/copy, /api/delete and /api/blobs: changing the store the way Ollama does.
+
+Every check that can fail with a status runs before the first progress line. Blobs are written (and
+verified) before the manifest that names them, and the manifest is renamed into place last, so a crash
+at any moment leaves the old model or the new one, never a listed model with a missing blob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .errors import BadRequest, NotFound
+from .gguf import FILE_TYPES, is_gguf
+from .names import ModelName
+from .options import OPTION_KINDS
+from .plugins import Backends
+from .scheduler import Scheduler
+from .store import (
+    CONFIG_MEDIA_TYPE,
+    DIGEST_PATTERN,
+    LICENSE_MEDIA_TYPE,
+    MESSAGES_MEDIA_TYPE,
+    MODEL_MEDIA_TYPE,
+    PARAMS_MEDIA_TYPE,
+    SYSTEM_MEDIA_TYPE,
+    TEMPLATE_MEDIA_TYPE,
+    Layer,
+    Manifest,
+    ModelConfig,
+    ModelStore,
+    StoredModel,
+    sha256_file,
+)
+from .wire import CreateRequest, ProgressResponse
+
+ADAPTER_MEDIA_TYPE = "application/vnd.ollama.image.adapter"
+
+
+def check_digest(digest: str) -> str:
+    """The digest as `sha256:<hex>`, or Ollama's 400."""
+    match = DIGEST_PATTERN.fullmatch(digest or "")
+    if not match:
+        raise BadRequest("invalid digest format")
+    return f"sha256:{match.group(1).lower()}"
+
+
+def typed_parameter(key: str, value: Any) -> Any:
+    """A Modelfile PARAMETER value converted to the option's type; unknown names are refused."""
+    kind = OPTION_KINDS.get(key)
+    if kind is None:
+        raise BadRequest(f"unknown parameter '{key}'")
+    values = value if isinstance(value, list) else [value]
+    if kind == "array":
+        if not all(isinstance(v, str) for v in values):
+            raise BadRequest(f"invalid value for parameter '{key}': expected strings")
+        return list(values)
+    if len(values) != 1:
+        raise BadRequest(f"parameter '{key}' takes one value")
+    item = values[0]
+    try:
+        if kind == "integer":
+            return int(float(item)) if isinstance(item, str) else int(item)
+        if kind == "float32":
+            return float(item)
+        if isinstance(item, str):
+            if item.lower() not in ("true", "false"):
+                raise ValueError(item)
+            return item.lower() == "true"
+        return bool(item)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"invalid value for parameter '{key}': {item!r} is not of type {kind}") from exc
+
+
+def progress(status: str, **fields: Any) -> ProgressResponse:
+    return ProgressResponse(status=status, **fields)
+
+
+class Management:
+    def __init__(self, store: ModelStore, backends: Backends, scheduler: Scheduler, prune: bool) -> None:
+        self.store = store
+        self.backends = backends
+        self.scheduler = scheduler
+        self.prune = prune
+
+    # --- blobs ---------------------------------------------------------------------------------
+
+    def blob_exists(self, digest: str) -> bool:
+        return self.store.has_blob(check_digest(digest))
+
+    async def receive_blob(self, digest: str, body: AsyncIterator[bytes]) -> bool:
+        """Store an uploaded blob after checking its digest; False when it was already there."""
+        digest = check_digest(digest)
+        if self.store.has_blob(digest):
+            return False
+        self.store.blobs.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=self.store.blobs, prefix=".tmp-")
+        hasher = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as file:
+                async for chunk in body:
+                    hasher.update(chunk)
+                    file.write(chunk)
+                file.flush()
+                os.fsync(file.fileno())
+            actual = f"sha256:{hasher.hexdigest()}"
+            if actual != digest:
+                raise BadRequest(f'digest mismatch, expected "{digest}", got "{actual}"')
+            os.replace(temporary, self.store.blob_path(digest))
+        finally:
+            Path(temporary).unlink(missing_ok=True)
+        return True
+
+    # --- copy and delete -----------------------------------------------------------------------
+
+    def copy(self, source: str | None, destination: str | None) -> None:
+        try:
+            source_name = ModelName.parse(source or "")
+        except BadRequest:
+            raise BadRequest(f'source "{source or ""}" is invalid') from None
+        try:
+            destination_name = ModelName.parse(destination or "")
+        except BadRequest:
+            raise BadRequest(f'destination "{destination or ""}" is invalid') from None
+        model = self.store.find(source_name)
+        if model is None:
+            raise NotFound(f'model "{source}" not found')
+        self.store.write_manifest(destination_name, model.manifest)
+
+    async def delete(self, requested: str | None) -> None:
+        if not requested:
+            raise BadRequest("model is required")
+        try:
+            name = ModelName.parse(requested)
+        except BadRequest:
+            raise BadRequest(f'name "{requested}" is invalid') from None
+        model = self.store.find(name)
+        if model is None:
+            raise NotFound(f"model '{requested}' not found")
+        await self.scheduler.unload(model)
+        self.store.remove_manifest(model)
+        if self.prune:
+            await asyncio.to_thread(self.store.prune)
+
+    # --- create --------------------------------------------------------------------------------
+
+    async def create(self, request: CreateRequest) -> AsyncIterator[ProgressResponse]:
+        try:
+            name = ModelName.parse(request.model or request.name or "")
+        except BadRequest:
+            raise BadRequest("invalid model name") from None
+        if not request.from_ and not request.files:
+            raise BadRequest("neither 'from' or 'files' was specified")
+        base = self._base(request.from_) if request.from_ else None
+        files = self._checked_files(request.files or {})
+        adapters = self._checked_files(request.adapters or {})
+        if len(adapters) > 1:
+            raise BadRequest("only one adapter is currently supported")
+        parameters = {key: typed_parameter(key, value) for key, value in (request.parameters or {}).items()}
+        quantize = request.quantize or request.quantization
+        layers = list(base.manifest.layers) if base else []
+        config = base.config if base else ModelConfig()
+
+        if files:
+            model_file = self._gguf_file(files)
+            yield progress("parsing GGUF")
+            model_layer = Layer(mediaType=MODEL_MEDIA_TYPE, digest=model_file, size=self.store.blob_path(model_file).stat().st_size)
+            layers = [layer for layer in layers if layer.mediaType != MODEL_MEDIA_TYPE]
+            layers.insert(0, model_layer)
+            config = self._gguf_config(model_layer)
+        elif base:
+            for layer in base.manifest.layers:
+                yield progress(f"using existing layer {layer.digest}")
+
+        if quantize:
+            async for update in self._quantize(layers, config, quantize):
+                if isinstance(update, ProgressResponse):
+                    yield update
+                else:
+                    layers, config = update
+
+        for digest in adapters:
+            layers = [layer for layer in layers if layer.mediaType != ADAPTER_MEDIA_TYPE]
+            layers.append(Layer(mediaType=ADAPTER_MEDIA_TYPE, digest=digest, size=self.store.blob_path(digest).stat().st_size))
+        if parameters and base is not None:
+            parameters = {**base.parameters, **parameters}
+        texts: list[tuple[str, bytes | None]] = [
+            (TEMPLATE_MEDIA_TYPE, request.template.encode() if request.template is not None else None),
+            (SYSTEM_MEDIA_TYPE, request.system.encode() if request.system is not None else None),
+            (PARAMS_MEDIA_TYPE, msgspec.json.encode(parameters) if parameters else None),
+            (MESSAGES_MEDIA_TYPE, msgspec.json.encode(request.messages) if request.messages is not None else None),
+        ]
+        for media_type, data in texts:
+            if data is None:
+                continue
+            layer, created = self._text_layer(media_type, data)
+            yield progress(f"{'creating new' if created else 'using existing'} layer {layer.digest}")
+            layers = [existing for existing in layers if existing.mediaType != media_type] + [layer]
+        if request.license is not None:
+            licenses = [request.license] if isinstance(request.license, str) else request.license
+            layers = [existing for existing in layers if existing.mediaType != LICENSE_MEDIA_TYPE]
+            for text in licenses:
+                layer, created = self._text_layer(LICENSE_MEDIA_TYPE, text.encode())
+                yield progress(f"{'creating new' if created else 'using existing'} layer {layer.digest}")
+                layers.append(layer)
+
+        config = msgspec.structs.replace(config, rootfs=msgspec.structs.replace(config.rootfs, diff_ids=[l.digest for l in layers]))
+        config_layer, _ = self._text_layer(CONFIG_MEDIA_TYPE, msgspec.json.encode(config))
+        yield progress("writing manifest")
+        previous = self.store.find(name)
+        self.store.write_manifest(name, Manifest(config=config_layer, layers=layers))
+        if previous is not None and self.prune:
+            yield progress("removing unused layers")
+            await asyncio.to_thread(self.store.prune)
+        yield progress("success")
+
+    def _base(self, requested: str) -> StoredModel:
+        model = self.store.find(ModelName.parse(requested))
+        if model is None:
+            raise NotFound(f'model "{requested}" not found')
+        return model
+
+    def _checked_files(self, files: dict[str, str]) -> list[str]:
+        """Digests of the named blobs, after Ollama's checks on paths and digests."""
+        digests = []
+        for path, digest in files.items():
+            if path.startswith("/") or ".." in Path(path).parts or "\\" in path:
+                raise BadRequest("file path must be relative")
+            digest = check_digest(digest)
+            if not self.store.has_blob(digest):
+                raise BadRequest(f'blob "{digest}" not found, upload it to /api/blobs first')
+            digests.append(digest)
+        return digests
+
+    def _gguf_file(self, digests: list[str]) -> str:
+        if not digests:
+            raise BadRequest("no files provided to convert")
+        ggufs = [digest for digest in digests if is_gguf(self.store.blob_path(digest))]
+        if not ggufs:
+            raise BadRequest("supplied file was not in GGUF format")
+        if len(ggufs) > 1 or len(digests) > 1:
+            raise BadRequest("more than one file was given: create takes one GGUF file")
+        return ggufs[0]
+
+    def _gguf_config(self, model_layer: Layer) -> ModelConfig:
+        config_layer = self.store.config_for_gguf(model_layer)
+        return msgspec.json.decode(self.store.blob_path(config_layer.digest).read_bytes(), type=ModelConfig)
+
+    def _text_layer(self, media_type: str, data: bytes) -> tuple[Layer, bool]:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        created = not self.store.has_blob(digest)
+        layer = self.store.write_blob(data)
+        return Layer(mediaType=media_type, digest=layer.digest, size=layer.size), created
+
+    async def _quantize(self, layers: list[Layer], config: ModelConfig, kind: str) -> AsyncIterator[Any]:
+        """Progress lines, then the (layers, config) with the quantized model layer."""
+        model_layer = next((layer for layer in layers if layer.mediaType == MODEL_MEDIA_TYPE), None)
+        if model_layer is None:
+            raise BadRequest("quantization needs a model layer")
+        target_type = next((value for value in FILE_TYPES.values() if value.lower() == kind.lower()), None)
+        if target_type is None:
+            raise BadRequest(f"unsupported quantization type {kind}")
+        source_type = self.store.gguf_header(model_layer.digest).file_type
+        if source_type not in ("F16", "F32", "BF16"):
+            raise BadRequest(f"quantization is only supported for F16 and F32 models (this model is {source_type})")
+        quantizer = next((b for b in self.backends.backends if hasattr(b, "quantize")), None)
+        if quantizer is None:
+            raise BadRequest("no installed backend can quantize models (the llamacpp backend can)")
+        yield progress(f"quantizing {source_type} model to {target_type}", digest="0" * 19, total=model_layer.size)
+        self.store.blobs.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=self.store.blobs, prefix=".tmp-")
+        os.close(fd)
+        try:
+            await quantizer.quantize(self.store.blob_path(model_layer.digest), Path(temporary), target_type)
+            yield progress("verifying conversion")
+            digest = "sha256:" + await asyncio.to_thread(sha256_file, Path(temporary))
+            with open(temporary, "rb+") as file:
+                os.fsync(file.fileno())
+            os.replace(temporary, self.store.blob_path(digest))
+        finally:
+            Path(temporary).unlink(missing_ok=True)
+        quantized = Layer(mediaType=MODEL_MEDIA_TYPE, digest=digest, size=self.store.blob_path(digest).stat().st_size)
+        yield progress(f"creating new layer {digest}")
+        yield [quantized if layer is model_layer else layer for layer in layers], self._gguf_config(quantized)
+
