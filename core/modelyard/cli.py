@@ -12,11 +12,14 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from . import __version__
+from .modelfile import ModelfileError, parse_modelfile
+from .store import sha256_file
 from .config import base_url
 
 
@@ -48,13 +51,16 @@ class Client:
         self._check(response)
         return response.json()
 
-    def post(self, path: str, body: dict[str, Any]) -> Any:
+    def request(self, method: str, path: str, body: dict[str, Any]) -> Any:
         try:
-            response = self.http.post(path, json={**body, "stream": False})
+            response = self.http.request(method, path, json={**body, "stream": False})
         except httpx.ConnectError as exc:
             raise ServerError(f"could not connect to a running modelyard server at {self.url}") from exc
         self._check(response)
-        return response.json()
+        return response.json() if response.content else None
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self.request("POST", path, body)
 
     def stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         try:
@@ -241,6 +247,105 @@ def run(client: Client, args: argparse.Namespace) -> int:
         history.append({"role": "assistant", "content": answer})
 
 
+class ProgressView:
+    """Progress lines of pull, push and create: a bar per layer, other statuses as lines."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            console=Console(stderr=True),
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> ProgressView:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def show(self, part: dict[str, Any]) -> None:
+        digest = part.get("digest")
+        if digest and part.get("total"):
+            if digest not in self.tasks:
+                self.tasks[digest] = self.progress.add_task(part["status"], total=part["total"])
+            self.progress.update(self.tasks[digest], completed=part.get("completed", 0))
+        else:
+            self.progress.console.print(part["status"], soft_wrap=True, markup=False, highlight=False)
+
+
+def _stream_progress(client: Client, path: str, body: dict[str, Any]) -> int:
+    with ProgressView() as view:
+        for part in client.stream(path, body):
+            view.show(part)
+    return 0
+
+
+def pull(client: Client, args: argparse.Namespace) -> int:
+    return _stream_progress(client, "/api/pull", {"model": args.model, "insecure": args.insecure})
+
+
+def push(client: Client, args: argparse.Namespace) -> int:
+    return _stream_progress(client, "/api/push", {"model": args.model, "insecure": args.insecure})
+
+
+def copy(client: Client, args: argparse.Namespace) -> int:
+    client.post("/api/copy", {"source": args.source, "destination": args.destination})
+    print(f"copied '{args.source}' to '{args.destination}'")
+    return 0
+
+
+def remove(client: Client, args: argparse.Namespace) -> int:
+    for model in args.models:
+        client.request("DELETE", "/api/delete", {"model": model})
+        print(f"deleted '{model}'")
+    return 0
+
+
+def _upload(client: Client, path: Path) -> str:
+    """Upload a local file as a blob unless the server has it; its digest."""
+    digest = "sha256:" + sha256_file(path)
+    if client.http.head(f"/api/blobs/{digest}").status_code != 200:
+        print(f"uploading {path.name}", file=sys.stderr)
+        with open(path, "rb") as file:
+            client._check(client.http.post(f"/api/blobs/{digest}", content=file))
+    return digest
+
+
+def create(client: Client, args: argparse.Namespace) -> int:
+    modelfile_path = Path(args.file)
+    try:
+        modelfile = parse_modelfile(modelfile_path.read_text())
+    except (OSError, ModelfileError) as exc:
+        raise ServerError(f"{modelfile_path}: {exc}") from exc
+    body: dict[str, Any] = {"model": args.model}
+    source = (modelfile_path.parent / Path(modelfile.from_).expanduser())
+    if modelfile.from_.startswith((".", "/", "~")) or source.is_file():
+        if not source.is_file():
+            raise ServerError(f"{modelfile.from_}: no such file")
+        body["files"] = {source.name: _upload(client, source)}
+    else:
+        body["from"] = modelfile.from_
+    if modelfile.adapters:
+        adapter = modelfile_path.parent / Path(modelfile.adapters[0]).expanduser()
+        body["adapters"] = {adapter.name: _upload(client, adapter)}
+    for field, value in (("template", modelfile.template), ("system", modelfile.system)):
+        if value is not None:
+            body[field] = value
+    if modelfile.parameters:
+        body["parameters"] = modelfile.parameters
+    if modelfile.messages:
+        body["messages"] = modelfile.messages
+    if modelfile.licenses:
+        body["license"] = modelfile.licenses
+    if args.quantize:
+        body["quantize"] = args.quantize
+    return _stream_progress(client, "/api/create", body)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelyard", description="A drop-in replacement for Ollama.")
     parser.add_argument("--version", "-v", action="version", version=f"modelyard version is {__version__}")
@@ -267,6 +372,27 @@ def build_parser() -> argparse.ArgumentParser:
     show_parser.add_argument("model")
     show_parser.add_argument("--modelfile", action="store_true", help="print the model's Modelfile")
     show_parser.set_defaults(handler=show)
+
+    for verb, handler, help_text in (("pull", pull, "download a model from a registry"), ("push", push, "upload a model to a registry")):
+        verb_parser = verbs.add_parser(verb, help=help_text)
+        verb_parser.add_argument("model")
+        verb_parser.add_argument("--insecure", action="store_true", help="use plain http")
+        verb_parser.set_defaults(handler=handler)
+
+    create_parser = verbs.add_parser("create", help="create a model from a Modelfile")
+    create_parser.add_argument("model")
+    create_parser.add_argument("-f", "--file", default="Modelfile", help="the Modelfile (default ./Modelfile)")
+    create_parser.add_argument("-q", "--quantize", help="quantize an F16/F32 model, e.g. q4_K_M")
+    create_parser.set_defaults(handler=create)
+
+    copy_parser = verbs.add_parser("cp", help="copy a model")
+    copy_parser.add_argument("source")
+    copy_parser.add_argument("destination")
+    copy_parser.set_defaults(handler=copy)
+
+    remove_parser = verbs.add_parser("rm", help="delete models")
+    remove_parser.add_argument("models", nargs="+")
+    remove_parser.set_defaults(handler=remove)
 
     stop_parser = verbs.add_parser("stop", help="unload a model")
     stop_parser.add_argument("model")

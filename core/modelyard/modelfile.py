@@ -1,0 +1,89 @@
+"""Ollama's Modelfile: FROM, PARAMETER, TEMPLATE, SYSTEM, MESSAGE, LICENSE, ADAPTER.
+
+Instructions are case-insensitive; an argument may be "quoted" or span lines in \"\"\"triple quotes\"\"\";
+lines starting with # are comments.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+INSTRUCTIONS = ("from", "parameter", "template", "system", "message", "license", "adapter")
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class ModelfileError(ValueError):
+    pass
+
+
+class Modelfile(msgspec.Struct, kw_only=True):
+    from_: str = ""
+    parameters: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    template: str | None = None
+    system: str | None = None
+    messages: list[dict[str, str]] = msgspec.field(default_factory=list)
+    licenses: list[str] = msgspec.field(default_factory=list)
+    adapters: list[str] = msgspec.field(default_factory=list)
+
+
+def _argument(text: str, position: int) -> tuple[str, int]:
+    """The argument starting at `position` (after the instruction) and where the next line starts."""
+    rest = text[position:].lstrip(" \t")
+    start = len(text) - len(rest)
+    if rest.startswith('"""'):
+        end = text.find('"""', start + 3)
+        if end < 0:
+            raise ModelfileError("unterminated triple-quoted string")
+        newline = text.find("\n", end + 3)
+        return text[start + 3 : end], len(text) if newline < 0 else newline + 1
+    newline = text.find("\n", start)
+    line_end = len(text) if newline < 0 else newline
+    value = text[start:line_end].strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    return value, line_end + 1
+
+
+def parse_modelfile(text: str) -> Modelfile:
+    result = Modelfile()
+    position = 0
+    while position < len(text):
+        newline = text.find("\n", position)
+        line = text[position : len(text) if newline < 0 else newline]
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            position = len(text) if newline < 0 else newline + 1
+            continue
+        word = stripped.split(None, 1)[0]
+        instruction = word.lower()
+        if instruction not in INSTRUCTIONS:
+            raise ModelfileError(f"unknown instruction: {word}")
+        after = position + line.index(word) + len(word)
+        if instruction in ("parameter", "message"):
+            rest = text[after:].lstrip(" \t")
+            key = rest.split(None, 1)[0] if rest.strip() else ""
+            if not key or key.startswith('"'):
+                raise ModelfileError(f"{word} needs a name and a value")
+            after = len(text) - len(rest) + len(key)
+            value, position = _argument(text, after)
+            if instruction == "parameter":
+                result.parameters.setdefault(key.lower(), []).append(value)
+            else:
+                if key.lower() not in ROLES:
+                    raise ModelfileError(f"invalid message role: {key}")
+                result.messages.append({"role": key.lower(), "content": value})
+            continue
+        value, position = _argument(text, after)
+        if instruction == "from":
+            result.from_ = value
+        elif instruction == "template":
+            result.template = value
+        elif instruction == "system":
+            result.system = value
+        elif instruction == "license":
+            result.licenses.append(value)
+        else:
+            result.adapters.append(value)
+    if not result.from_:
+        raise ModelfileError("no FROM line")
+    return result
