@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 
 from . import __version__
+from .config import base_url
 from .modelfile import ModelfileError, parse_modelfile
 from .store import sha256_file
-from .config import base_url
 
 
 class ServerError(Exception):

@@ -22,10 +22,10 @@ from .backend import COMPLETION, INSERT, THINKING, TOOLS, VISION, Backend, Compl
 from .errors import BadRequest, NotFound
 from .names import ModelName
 from .options import Format, Options, merge_options, parse_format, parse_keep_alive, parse_options
-from .scheduler import Lease, Scheduler
-from .store import ModelStore, StoredModel
 from .plugins import Backends
 from .prompt import render_go_template
+from .scheduler import Lease, Scheduler
+from .store import ModelStore, StoredModel
 from .wire import ChatRequest, ChatResponse, GenerateRequest, GenerateResponse, Message, ResponseMessage
 
 THINK_LEVELS = ("high", "medium", "low", "max")

@@ -167,9 +167,12 @@ class Management:
         quantize = request.quantize or request.quantization
         layers = list(base.manifest.layers) if base else []
         config = base.config if base else ModelConfig()
+        model_file = self._gguf_file(files) if files else None
+        if quantize:
+            source = model_file or next((l.digest for l in layers if l.mediaType == MODEL_MEDIA_TYPE), None)
+            quantizing = self._quantize_plan(source, quantize)
 
-        if files:
-            model_file = self._gguf_file(files)
+        if model_file:
             yield progress("parsing GGUF")
             model_layer = Layer(mediaType=MODEL_MEDIA_TYPE, digest=model_file, size=self.store.blob_path(model_file).stat().st_size)
             layers = [layer for layer in layers if layer.mediaType != MODEL_MEDIA_TYPE]
@@ -180,7 +183,7 @@ class Management:
                 yield progress(f"using existing layer {layer.digest}")
 
         if quantize:
-            async for update in self._quantize(layers, config, quantize):
+            async for update in self._quantize(layers, *quantizing):
                 if isinstance(update, ProgressResponse):
                     yield update
                 else:
@@ -259,20 +262,24 @@ class Management:
         layer = self.store.write_blob(data)
         return Layer(mediaType=media_type, digest=layer.digest, size=layer.size), created
 
-    async def _quantize(self, layers: list[Layer], config: ModelConfig, kind: str) -> AsyncIterator[Any]:
-        """Progress lines, then the (layers, config) with the quantized model layer."""
-        model_layer = next((layer for layer in layers if layer.mediaType == MODEL_MEDIA_TYPE), None)
-        if model_layer is None:
+    def _quantize_plan(self, source: str | None, kind: str) -> tuple[str, str, Any]:
+        """(source file type, target file type, quantizing backend), or the reason it cannot be done."""
+        if source is None:
             raise BadRequest("quantization needs a model layer")
         target_type = next((value for value in FILE_TYPES.values() if value.lower() == kind.lower()), None)
         if target_type is None:
             raise BadRequest(f"unsupported quantization type {kind}")
-        source_type = self.store.gguf_header(model_layer.digest).file_type
+        source_type = self.store.gguf_header(source).file_type
         if source_type not in ("F16", "F32", "BF16"):
             raise BadRequest(f"quantization is only supported for F16 and F32 models (this model is {source_type})")
         quantizer = next((b for b in self.backends.backends if hasattr(b, "quantize")), None)
         if quantizer is None:
             raise BadRequest("no installed backend can quantize models (the llamacpp backend can)")
+        return source_type, target_type, quantizer
+
+    async def _quantize(self, layers: list[Layer], source_type: str, target_type: str, quantizer: Any) -> AsyncIterator[Any]:
+        """Progress lines, then the (layers, config) with the quantized model layer."""
+        model_layer = next(layer for layer in layers if layer.mediaType == MODEL_MEDIA_TYPE)
         yield progress(f"quantizing {source_type} model to {target_type}", digest="0" * 19, total=model_layer.size)
         self.store.blobs.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=self.store.blobs, prefix=".tmp-")

@@ -22,13 +22,13 @@ from .config import Settings
 from .errors import BadRequest, Canceled, ModelyardError, NotFound
 from .gguf import GGUFError
 from .inference import Inference, merge_chat, merge_generate
+from .manage import Management
 from .models import describe_loaded, describe_model, list_models
 from .names import ModelName
 from .plugins import Backends, build_plugin_manager
+from .registry import Registry
 from .scheduler import Scheduler
 from .store import ModelStore
-from .manage import Management
-from .registry import Registry
 from .wire import (
     ChatRequest,
     CopyRequest,
@@ -262,7 +262,7 @@ async def blob_head(request: Request[Any, Any, Any], digest: str) -> Response[No
     return Response(None, status_code=200 if exists else 404, media_type=JSON)
 
 
-@post("/api/blobs/{digest:str}", status_code=201)
+@post("/api/blobs/{digest:str}", status_code=201, request_max_body_size=None)  # models are large
 async def blob_upload(request: Request[Any, Any, Any], digest: str) -> Response[bytes]:
     created = await services(request).management.receive_blob(digest, request.stream())
     return Response(b"", status_code=201 if created else 200, media_type=JSON)
