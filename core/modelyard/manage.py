@@ -24,6 +24,7 @@ from .options import OPTION_KINDS
 from .plugins import Backends
 from .scheduler import Scheduler
 from .store import (
+    ADAPTER_MEDIA_TYPE,
     CONFIG_MEDIA_TYPE,
     DIGEST_PATTERN,
     LICENSE_MEDIA_TYPE,
@@ -40,8 +41,6 @@ from .store import (
     sha256_file,
 )
 from .wire import CreateRequest, ProgressResponse
-
-ADAPTER_MEDIA_TYPE = "application/vnd.ollama.image.adapter"
 
 
 def check_digest(digest: str) -> str:

@@ -35,6 +35,7 @@ SYSTEM_MEDIA_TYPE = "application/vnd.ollama.image.system"
 PARAMS_MEDIA_TYPE = "application/vnd.ollama.image.params"
 LICENSE_MEDIA_TYPE = "application/vnd.ollama.image.license"
 MESSAGES_MEDIA_TYPE = "application/vnd.ollama.image.messages"
+ADAPTER_MEDIA_TYPE = "application/vnd.ollama.image.adapter"
 
 DIGEST_PATTERN = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
 
@@ -152,6 +153,12 @@ class StoredModel:
         if layer is None:
             raise FileNotFoundError(f"{self.name.display} has no model layer")
         return self.store.blob_path(layer.digest)
+
+    @property
+    def adapter_path(self) -> Path | None:
+        """A LoRA adapter (Modelfile ADAPTER), if the model has one."""
+        layer = self._layer(ADAPTER_MEDIA_TYPE)
+        return None if layer is None else self.store.blob_path(layer.digest)
 
     @cached_property
     def gguf(self) -> GGUFHeader:

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import msgspec
-
 from modelyard.backend import COMPLETION, Completion, Done, Event, TextDelta
 from modelyard.hookspecs import hookimpl
 from modelyard.options import Options

@@ -15,18 +15,18 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
-
 from modelyard.backend import COMPLETION, TOOLS, Completion, Done, Event, TextDelta, iterate_in_thread
+from modelyard.chat_template import ChatTemplate
 from modelyard.errors import BackendUnavailable, BadRequest, InternalError
+from modelyard.gguf import FILE_TYPES
 from modelyard.hookspecs import hookimpl
 from modelyard.options import Options
 from modelyard.store import StoredModel
 from modelyard.text import StopSequences
-
-from modelyard.chat_template import ChatTemplate
 
 INSTALL_HINT = (
     "the llamacpp backend needs llama-cpp-python: install modelyard as README.md says "
@@ -98,6 +98,7 @@ class LlamaCppBackend:
                 n_gpu_layers=num_gpu if num_gpu >= 0 else -1,
                 use_mmap=True if use_mmap is None else use_mmap,
                 flash_attn=self.settings.flash_attn,
+                lora_path=str(model.adapter_path) if model.adapter_path else None,
                 verbose=self.settings.verbose,
             )
 
@@ -106,6 +107,24 @@ class LlamaCppBackend:
         except (ValueError, RuntimeError) as exc:
             raise InternalError(f"llama.cpp could not load {model.name.display}: {exc}") from exc
         return LlamaCppModel(llm, model, n_ctx)
+
+    async def quantize(self, source: Path, target: Path, file_type: str) -> None:
+        """Quantize an F16/F32 GGUF file (llama.cpp's llama_model_quantize) into `target`."""
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise BackendUnavailable(INSTALL_HINT) from exc
+        ftype = next((number for number, name in FILE_TYPES.items() if name == file_type), None)
+        if ftype is None:
+            raise BadRequest(f"unsupported quantization type {file_type}")
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftype
+        params.nthread = default_threads()
+        result = await asyncio.to_thread(
+            llama_cpp.llama_model_quantize, str(source).encode(), str(target).encode(), ctypes.byref(params)
+        )
+        if result != 0:
+            raise InternalError(f"llama.cpp could not quantize the model to {file_type} (error {result})")
 
     async def close(self) -> None:
         pass
