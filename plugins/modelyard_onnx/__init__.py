@@ -1,0 +1,1 @@
+"""The ONNX Runtime GenAI backend (being written: see issue 5)."""
