@@ -14,6 +14,7 @@ from litestar import Litestar, Request, Response, delete, get, head, post
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from . import OLLAMA_API_VERSION, __version__
@@ -257,13 +258,13 @@ async def delete_model(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 @head("/api/blobs/{digest:str}")
-async def blob_head(request: Request[Any, Any, Any], digest: str) -> Response[None]:
+async def blob_head(request: Request[Any, Any, Any], digest: FromPath[str]) -> Response[None]:
     exists = await asyncio.to_thread(services(request).management.blob_exists, digest)
     return Response(None, status_code=200 if exists else 404, media_type=JSON)
 
 
 @post("/api/blobs/{digest:str}", status_code=201, request_max_body_size=None)  # models are large
-async def blob_upload(request: Request[Any, Any, Any], digest: str) -> Response[bytes]:
+async def blob_upload(request: Request[Any, Any, Any], digest: FromPath[str]) -> Response[bytes]:
     created = await services(request).management.receive_blob(digest, request.stream())
     return Response(b"", status_code=201 if created else 200, media_type=JSON)
 
