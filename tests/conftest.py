@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import ollama
 import pytest
 
 from modelyard.launcher import ServerProcess
@@ -40,3 +41,11 @@ def http(llama_server: ServerProcess) -> Iterator[httpx.Client]:
 @pytest.fixture
 def models_dir(tmp_path: Path) -> Path:
     return tmp_path / "models"
+
+
+@pytest.fixture
+def ollama_client(llama_server: ServerProcess) -> Iterator[ollama.Client]:
+    """The official client, pointed at the llama.cpp server."""
+    client = ollama.Client(host=llama_server.url)
+    yield client
+    client._client.close()  # it keeps its httpx client open otherwise

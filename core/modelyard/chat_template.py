@@ -39,7 +39,8 @@ class ChatTemplate:
     def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
         try:
             return self.template.render(
-                messages=[msgspec.to_builtins(message) for message in messages],
+                # `content` is always there for templates, even when empty (the wire type omits it then).
+                messages=[{**msgspec.to_builtins(message), "content": message.content} for message in messages],
                 tools=tools or None,
                 add_generation_prompt=True,
                 bos_token=self.bos_token,

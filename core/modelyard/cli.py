@@ -346,6 +346,12 @@ def create(client: Client, args: argparse.Namespace) -> int:
     return _stream_progress(client, "/api/create", body)
 
 
+def conformance(args: argparse.Namespace) -> int:
+    from modelyard_conformance.cli import conformance_main
+
+    return conformance_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelyard", description="A drop-in replacement for Ollama.")
     parser.add_argument("--version", "-v", action="version", version=f"modelyard version is {__version__}")
@@ -394,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
     remove_parser.add_argument("models", nargs="+")
     remove_parser.set_defaults(handler=remove)
 
+    conformance_parser = verbs.add_parser(
+        "conformance", add_help=False, help="run the conformance suite (--backend NAME or --base-url URL, --model MODEL)"
+    )
+    conformance_parser.add_argument("rest", nargs=argparse.REMAINDER)
+    conformance_parser.set_defaults(handler=conformance, needs_client=False)
+
     stop_parser = verbs.add_parser("stop", help="unload a model")
     stop_parser.add_argument("model")
     stop_parser.set_defaults(handler=stop)
@@ -401,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["conformance"]:  # every other argument belongs to the suite (pytest options too)
+        return conformance(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     if not getattr(args, "needs_client", True):
         return args.handler(args)

@@ -20,7 +20,7 @@ from msgspec import UNSET
 
 from .backend import COMPLETION, INSERT, THINKING, TOOLS, VISION, Backend, Completion, Done, TextDelta
 from .errors import BadRequest, NotFound
-from .names import ModelName
+from .names import ModelName, strip_source
 from .options import Format, Options, merge_options, parse_format, parse_keep_alive, parse_options
 from .plugins import Backends
 from .prompt import render_go_template
@@ -88,7 +88,7 @@ class Inference:
             if missing_is_not_found:
                 raise NotFound("model '' not found")
             raise BadRequest("model is required")
-        model = self.store.find(ModelName.parse(requested))
+        model = self.store.find(ModelName.parse(strip_source(requested)))
         if model is None:
             raise NotFound(f"model '{requested}' not found")
         return model

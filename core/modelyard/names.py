@@ -80,3 +80,19 @@ class ModelName(msgspec.Struct, frozen=True):
     def folded(self) -> tuple[str, ...]:
         """The key under which names match: Ollama matches local models case-insensitively."""
         return tuple(part.lower() for part in self.parts)
+
+
+
+def strip_source(text: str) -> str:
+    """The name without Ollama's `:local` source suffix (every model is local here).
+
+    `:cloud` names ollama.com's hosted models, which modelyard does not proxy: such a name is left as it
+    is (and is not found), except that asking for both sources is Ollama's 400.
+    """
+    base, sources = text, set()
+    while base.endswith((":local", ":cloud")):
+        sources.add(base[-5:])
+        base = base[:-6]
+    if "local" in sources and ("cloud" in sources or base.endswith("-cloud")):
+        raise BadRequest(f'use either :local or :cloud, not both: "{text}"')
+    return base if sources == {"local"} else text

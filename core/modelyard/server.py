@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 
 import msgspec
 from litestar import Litestar, Request, Response, delete, get, head, post
-from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 from litestar.params import FromPath
@@ -22,6 +21,7 @@ from .bundled import install_bundled_models
 from .config import Settings
 from .errors import BadRequest, Canceled, ModelyardError, NotFound
 from .gguf import GGUFError
+from .guard import guard_middleware
 from .inference import Inference, merge_chat, merge_generate
 from .manage import Management
 from .models import describe_loaded, describe_model, list_models
@@ -299,17 +299,6 @@ def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[byt
 # --- the app --------------------------------------------------------------------------------------
 
 
-def cors_config(settings: Settings) -> CORSConfig:
-    """Ollama's default origins (localhost, app and editor webviews) plus OLLAMA_ORIGINS."""
-    local = r"(https?://(localhost|127\.0\.0\.1|0\.0\.0\.0)(:\d+)?|(app|file|tauri|vscode-webview|vscode-file)://.*)"
-    return CORSConfig(
-        allow_origins=list(settings.origins),
-        allow_origin_regex=local,
-        allow_methods=["*"],
-        allow_headers=["*"],
-    )
-
-
 def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ...] = ()) -> Litestar:
     """A server with its own store, backends and scheduler (no module state: tests make many)."""
     settings = settings or Settings.from_env()
@@ -359,7 +348,7 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
             Exception: handle_unexpected,
         },
         lifespan=[lifespan],
-        cors_config=cors_config(settings),
+        middleware=[guard_middleware(settings)],
         state=State({
             "settings": settings,
             "store": store,

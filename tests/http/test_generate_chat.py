@@ -15,8 +15,8 @@ DETERMINISTIC = {"temperature": 0, "seed": 42}
 
 
 @pytest.fixture
-def client(llama_server) -> ollama.Client:
-    return ollama.Client(host=llama_server.url)
+def client(ollama_client) -> ollama.Client:
+    return ollama_client
 
 
 def stream_lines(http: httpx.Client, path: str, body: dict) -> tuple[httpx.Response, list[dict]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import ollama
 import pytest
 
 MODEL = "smollm2:135m"
@@ -20,9 +19,9 @@ def test_root_and_version(http):
     assert http.head("/api/version").status_code == 200
 
 
-def test_tags_list_the_bundled_model_with_real_details(http, llama_server):
+def test_tags_list_the_bundled_model_with_real_details(http, ollama_client):
     assert http.head("/api/tags").status_code == 200
-    models = ollama.Client(host=llama_server.url).list().models
+    models = ollama_client.list().models
     smollm2 = next(m for m in models if m.model == MODEL)
     assert smollm2.details.family == "llama"
     assert smollm2.details.parameter_size == "134.52M"
@@ -43,8 +42,8 @@ def test_store_uses_ollamas_layout(llama_server):
     assert (root / "manifests" / "registry.ollama.ai" / "library" / "smollm2" / "135m").is_file()
 
 
-def test_show(llama_server):
-    shown = ollama.Client(host=llama_server.url).show(MODEL)
+def test_show(ollama_client):
+    shown = ollama_client.show(MODEL)
     assert shown.details.family == "llama"
     assert shown.modelinfo["general.architecture"] == "llama"
     assert shown.modelinfo["llama.context_length"] == 8192
@@ -66,8 +65,8 @@ def test_names_are_case_insensitive(http):
     assert response.status_code == 200
 
 
-def test_load_then_unload_with_empty_prompts(http, llama_server):
-    client = ollama.Client(host=llama_server.url)
+def test_load_then_unload_with_empty_prompts(http, ollama_client):
+    client = ollama_client
     loaded = http.post("/api/generate", json={"model": MODEL}).json()
     assert (loaded["done"], loaded["done_reason"], loaded["response"]) == (True, "load", "")
     running = client.ps().models

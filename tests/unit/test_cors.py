@@ -27,6 +27,15 @@ def test_local_origins_are_allowed(tmp_path):
 
 def test_other_origins_need_ollama_origins(tmp_path):
     with client(tmp_path) as test_client:
-        assert "access-control-allow-origin" not in preflight(test_client, "https://example.com").headers
+        refused = preflight(test_client, "https://example.com")
+        assert (refused.status_code, refused.content) == (403, b"")
+        assert test_client.get("/api/tags", headers={"Origin": "https://example.com"}).status_code == 403
     with client(tmp_path, origins=("https://example.com",)) as test_client:
         assert preflight(test_client, "https://example.com").headers["access-control-allow-origin"] == "https://example.com"
+
+
+def test_foreign_host_headers_are_refused_on_loopback(tmp_path):
+    with client(tmp_path) as test_client:
+        assert test_client.get("/api/tags", headers={"Host": "evil.example.com"}).status_code == 403
+        assert test_client.get("/api/tags", headers={"Host": "localhost:11434"}).status_code == 200
+        assert test_client.get("/api/tags", headers={"Host": "devbox.local"}).status_code == 200

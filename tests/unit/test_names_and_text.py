@@ -101,3 +101,14 @@ def test_settings_from_the_environment(tmp_path):
     assert settings.bundled_models == ()
     assert Settings.from_env({"MODELYARD_MODELS": "/a", "OLLAMA_MODELS": "/b", "OLLAMA_KEEP_ALIVE": "10m"}).models.as_posix() == "/a"
     assert Settings.from_env({"OLLAMA_KEEP_ALIVE": "600"}).keep_alive == 600
+
+
+def test_source_suffixes():
+    from modelyard.names import strip_source
+
+    assert strip_source("smollm2:135m:local") == "smollm2:135m"
+    assert strip_source("smollm2:local") == "smollm2"
+    assert strip_source("gpt-oss:cloud") == "gpt-oss:cloud"
+    for both in ("m:tag:local:cloud", "m:tag:cloud:local", "m:tag-cloud:local"):
+        with pytest.raises(BadRequest, match="use either :local or :cloud, not both"):
+            strip_source(both)

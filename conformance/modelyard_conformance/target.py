@@ -1,0 +1,170 @@
+"""The server under test: one started here with a single backend, or any server at a URL."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import secrets
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from modelyard.names import ModelName
+
+from .fake_registry import FakeRegistry
+
+
+class TargetError(RuntimeError):
+    """The server under test could not be started or reached, or lacks the model under test."""
+
+
+def model_variables(model: str) -> dict[str, str]:
+    """The names a case can use for the model under test (`${model}`, `${model_display}`, ...)."""
+    name = ModelName.parse(model)
+    return {
+        "model": model,
+        "model_display": name.display,  # how /api/tags and /api/ps name it: always with a tag
+        "model_fqn": name.fully_qualified,  # registry.ollama.ai/library/smollm2:135m
+        "model_upper": model.upper(),  # the same model: names match case-insensitively
+    }
+
+
+def run_variables() -> dict[str, str]:
+    """Values unique to one run: a blob no earlier run uploaded, so that its first upload creates it."""
+    run_id = secrets.token_hex(6)
+    content = f"modelyard conformance blob {run_id}\n"
+    return {
+        "run_id": run_id,
+        "blob_content": content,
+        "blob_digest": "sha256:" + hashlib.sha256(content.encode()).hexdigest(),
+    }
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Target:
+    """A server the cases talk to over HTTP, the model they use, and what that model can do."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        backend: str | None = None,
+        extra_capabilities: tuple[str, ...] = (),
+        process: Any = None,
+        workdir: Path | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.backend = backend
+        self.process = process
+        self.workdir = workdir
+        self.http = httpx.Client(base_url=self.base_url, timeout=120.0)
+        self.registry = FakeRegistry().start()
+        self.variables = {**model_variables(model), **run_variables(), "registry": self.registry.address}
+        self.server_version = ""
+        self.model_capabilities: frozenset[str] = frozenset()
+        self.extra_capabilities = frozenset(extra_capabilities)
+        self.traits = frozenset({"loopback"} if is_loopback(self.base_url) else ())
+
+    @property
+    def mode(self) -> str:
+        return "backend" if self.process is not None else "base-url"
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """The model's capabilities (from /api/show), the `--capability` additions, and traits of the target:
+        `loopback` (the server listens on a loopback address) and `format:<details.format>` (`format:gguf`)."""
+        return self.model_capabilities | self.extra_capabilities | self.traits
+
+    @classmethod
+    def start_backend(
+        cls,
+        backend: str,
+        model: str,
+        *,
+        env: Mapping[str, str] = {},
+        models_dir: Path | None = None,
+        extra_capabilities: tuple[str, ...] = (),
+    ) -> Target:
+        """A `modelyard serve` subprocess with only `backend` loaded, on a free port."""
+        from modelyard.launcher import ServerProcess
+
+        workdir = Path(tempfile.mkdtemp(prefix="modelyard-conformance-"))
+        models = models_dir or workdir / "models"
+        process = ServerProcess(models, {**env, "MODELYARD_BACKENDS": backend}, log_path=workdir / "server.log")
+        try:
+            process.wait_ready()
+        except (RuntimeError, TimeoutError) as exc:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise TargetError(f"could not start modelyard serve with backend {backend!r}: {exc}") from exc
+        target = cls(
+            process.url, model, backend=backend, extra_capabilities=extra_capabilities, process=process, workdir=workdir
+        )
+        try:
+            target.probe()
+        except TargetError:
+            target.close()
+            raise
+        return target
+
+    @classmethod
+    def connect(cls, base_url: str, model: str, *, extra_capabilities: tuple[str, ...] = ()) -> Target:
+        target = cls(base_url, model, extra_capabilities=extra_capabilities)
+        target.probe()
+        return target
+
+    def probe(self) -> None:
+        """Learn the server's version and the model's capabilities; fail early if the model is not there."""
+        try:
+            version = self.http.get("/api/version")
+            show = self.http.post("/api/show", json={"model": self.model})
+        except httpx.HTTPError as exc:
+            raise TargetError(f"no server answers at {self.base_url}: {exc}") from exc
+        if version.status_code == 200:
+            self.server_version = str(version.json().get("version", ""))
+        if show.status_code != 200:
+            raise TargetError(
+                f"the server at {self.base_url} has no model {self.model!r}: /api/show answered "
+                f"{show.status_code} {show.text[:200]}"
+            )
+        described = show.json()
+        self.model_capabilities = frozenset(described.get("capabilities") or ())
+        model_format = (described.get("details") or {}).get("format")
+        if model_format:
+            self.traits |= {f"format:{model_format}"}
+
+    def server_log(self) -> str:
+        return self.process.log() if self.process is not None else ""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "backend": self.backend,
+            "base_url": self.base_url,
+            "model": self.model,
+            "server_version": self.server_version,
+            "capabilities": sorted(self.capabilities),
+        }
+
+    def close(self) -> None:
+        self.http.close()
+        self.registry.close()
+        if self.process is not None:
+            self.process.stop()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)

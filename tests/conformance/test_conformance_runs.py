@@ -1,0 +1,266 @@
+"""The suite runs green on the in-repo backends, against a server at a URL, and on an out-of-tree plugin."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from modelyard.launcher import ServerProcess
+from modelyard_conformance.schema import cases_dir, load_cases
+
+MODEL = "smollm2:135m"
+REPO = Path(__file__).resolve().parents[2]
+SERVER_ENV = {"MODELYARD_BUNDLED_MODELS": MODEL}
+ONLY_SMOLLM2 = ["--server-env", f"MODELYARD_BUNDLED_MODELS={MODEL}"]
+
+
+def every_test(cases=None) -> set[str]:
+    """Every test a full run has: one per case and streaming mode."""
+    return {
+        case.id if mode is None else f"{case.id}[{mode}]"
+        for case in cases or load_cases()
+        for mode in case.modes
+    }
+
+
+def reported(run) -> set[str]:
+    return {f"{r['case']}[{r['mode']}]" if r["mode"] else r["case"] for r in run.report["results"]}
+
+
+def test_echo_backend_passes_the_suite(echo_run) -> None:
+    returncode = echo_run.returncode
+    assert returncode == 0, echo_run.explain()
+    assert reported(echo_run) == every_test()
+    assert echo_run.report["target"]["backend"] == "echo"
+    assert "completion" in echo_run.report["target"]["capabilities"]
+
+
+@pytest.mark.slow
+def test_llamacpp_backend_passes_the_suite(llamacpp_run) -> None:
+    returncode = llamacpp_run.returncode
+    assert returncode == 0, llamacpp_run.explain()
+    assert reported(llamacpp_run) == every_test()
+    assert llamacpp_run.results("passed"), "the real model must pass the generation cases, not skip them"
+
+
+def test_known_gaps_are_strict_xfails_with_their_issue(echo_run) -> None:
+    xfailed = [r for r in echo_run.report["results"] if r["outcome"] == "xfailed"]
+    assert xfailed, "the echo expectations file lists gaps; they must show as xfailed"
+    assert all(isinstance(r["issue"], (int, str)) and r["issue"] for r in xfailed)
+
+
+def test_a_fixed_gap_turns_the_run_red(suite, tmp_path: Path) -> None:
+    expectations = tmp_path / "expectations.yaml"
+    expectations.write_text(
+        textwrap.dedent(
+            """\
+            backend: echo
+            xfail:
+              - case: server/version-reports-a-semver
+                issue: 999
+                reason: pretends the version endpoint is broken
+            """
+        )
+    )
+    run = suite(
+        ["--backend", "echo", "--model", MODEL, *ONLY_SMOLLM2, "--expectations", str(expectations), "-k", "server/version"],
+        tmp_path / "report.json",
+    )
+    assert run.returncode != 0, run.output
+    assert run.results("xpassed") == ["server/version-reports-a-semver"], run.output
+
+
+def test_base_url_mode_runs_against_a_separate_server(suite, tmp_path: Path) -> None:
+    with ServerProcess(tmp_path / "models", {"MODELYARD_BACKENDS": "echo", **SERVER_ENV}) as server:
+        run = suite(
+            ["--base-url", server.url, "--model", MODEL, "--expectations", "echo"], tmp_path / "report.json"
+        )
+    returncode = run.returncode
+    assert returncode == 0, run.explain()
+    assert run.report["target"]["mode"] == "base-url"
+    assert reported(run) == every_test()
+
+
+def test_the_cli_defaults_to_the_server_at_ollama_host(suite, tmp_path: Path) -> None:
+    with ServerProcess(tmp_path / "models", {"MODELYARD_BACKENDS": "echo", **SERVER_ENV}) as server:
+        run = suite(["-k", "server/version or tags/"], tmp_path / "report.json", env={"OLLAMA_HOST": server.url})
+    returncode = run.returncode
+    assert returncode == 0, run.explain()
+    assert run.report["target"]["base_url"] == server.url
+    assert run.report["target"]["model"] == MODEL
+
+
+def test_the_plugin_is_inert_without_its_options(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", str(cases_dir()), "-q", "-p", "no:cacheprovider", "--co"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 5, completed.stdout + completed.stderr  # no tests collected
+    assert "modelyard conformance" not in completed.stdout
+
+
+# --- an out-of-tree backend, registered at run time ------------------------------------------------
+
+PLUGIN = '''
+"""A throwaway modelyard backend: answers with the user's words in reverse order."""
+
+import asyncio
+import time
+from typing import Any, ClassVar
+
+import msgspec
+
+from modelyard.backend import COMPLETION, Completion, Done, TextDelta
+from modelyard.errors import InternalError
+from modelyard.hookspecs import hookimpl
+from modelyard.text import StopSequences
+
+FAIL_BEFORE = "modelyard-conformance:fail-before-first-chunk"
+FAIL_AFTER = "modelyard-conformance:fail-after-first-chunk"
+
+
+def instance(schema: Any) -> Any:
+    """The smallest value that validates against a simple JSON Schema."""
+    if not isinstance(schema, dict):
+        return {}
+    kind = schema.get("type", "object")
+    if kind == "object":
+        return {name: instance(schema.get("properties", {}).get(name, {})) for name in schema.get("required", [])}
+    return {"string": "", "integer": 0, "number": 0, "boolean": False, "array": [], "null": None}.get(kind, {})
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class ReverseBackend:
+    name: ClassVar[str] = "reverse"
+    Settings: ClassVar[type] = Settings
+
+    def __init__(self, settings: Settings) -> None:
+        pass
+
+    def serves(self, model: Any) -> bool:
+        return True
+
+    def capabilities(self, model: Any) -> frozenset[str]:
+        return frozenset({COMPLETION})
+
+    def load_key(self, model: Any, options: Any) -> tuple:
+        return (options.num_ctx,)
+
+    async def load(self, model: Any, options: Any) -> "ReverseModel":
+        return ReverseModel(options.num_ctx or 4096)
+
+    async def close(self) -> None:
+        pass
+
+
+class ReverseModel:
+    size = 1
+    size_vram = 0
+
+    def __init__(self, context_length: int) -> None:
+        self.context_length = context_length
+
+    async def generate(self, completion: Completion):
+        started = time.perf_counter_ns()
+        if completion.messages:
+            prompt = next((m.content for m in reversed(completion.messages) if m.role == "user"), "")
+        else:
+            prompt = completion.prompt or ""
+        if FAIL_BEFORE in prompt:
+            raise InternalError("the reverse engine failed before answering")
+        words = prompt.split()[-self.context_length :]
+        if completion.format is not None:
+            answer = msgspec.json.encode(instance(completion.format)).decode()
+            pieces = [answer]
+        else:
+            pieces = [word if i == 0 else " " + word for i, word in enumerate(reversed(words))] or ["..."]
+        options = completion.options
+        stops = StopSequences(options.stop)
+        reason, count = "stop", 0
+        for piece in pieces:
+            if 0 <= options.num_predict <= count:
+                reason = "length"
+                break
+            count += 1
+            text, stopped = stops.push(piece)
+            if text:
+                yield TextDelta(text)
+            if FAIL_AFTER in prompt:
+                raise InternalError("the reverse engine failed while answering")
+            if stopped:
+                break
+            await asyncio.sleep(0)
+        else:
+            if tail := stops.flush():
+                yield TextDelta(tail)
+        yield Done(
+            reason=reason,
+            prompt_eval_count=max(1, len(words)),
+            prompt_eval_duration=1,
+            eval_count=count,
+            eval_duration=time.perf_counter_ns() - started,
+            context=list(range(len(words) + count)) if completion.want_context else None,
+        )
+
+    async def close(self) -> None:
+        pass
+
+
+@hookimpl
+def register_backends(register: Any) -> None:
+    register(ReverseBackend)
+'''
+
+GAPS = """\
+backend: reverse
+xfail:
+  - case: generate/truncate-false-rejects-a-long-prompt
+    issue: 2
+    reason: the core does not hand `truncate` to backends yet
+  - case: chat/truncate-false-rejects-a-long-history
+    issue: 2
+    reason: the core does not hand `truncate` to backends yet
+"""
+
+
+def install_plugin(site: Path) -> None:
+    """A package and its dist-info on a path entry: what `pip install` of a plugin leaves behind."""
+    (site / "modelyard_reverse").mkdir(parents=True)
+    (site / "modelyard_reverse" / "__init__.py").write_text(PLUGIN)
+    info = site / "modelyard_reverse-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: modelyard-reverse\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[modelyard]\nreverse = modelyard_reverse\n")
+
+
+def test_an_out_of_tree_backend_plugin_passes_the_suite(suite, tmp_path: Path) -> None:
+    install_plugin(tmp_path / "site")
+    (tmp_path / "reverse.yaml").write_text(GAPS)
+    run = suite(
+        [
+            "--backend", "reverse",
+            "--model", MODEL,
+            "--expectations", str(tmp_path / "reverse.yaml"),
+            "--capability", "fault-injection",
+            *ONLY_SMOLLM2,
+        ],
+        tmp_path / "report.json",
+        env={"PYTHONPATH": str(tmp_path / "site")},
+    )
+    returncode = run.returncode
+    assert returncode == 0, run.explain()
+    assert run.report["target"]["backend"] == "reverse"
+    assert reported(run) == every_test()
+    passed = run.results("passed")
+    assert "generate/error-after-the-first-chunk-is-a-final-error-line[stream]" in passed
+    assert "generate/error-before-the-first-chunk-gets-its-status[stream]" in passed
