@@ -35,6 +35,9 @@ class TextDelta(msgspec.Struct, frozen=True):
     text: str
 
 
+CONTEXT_EXCEEDED = "the input length exceeds the context length"
+
+
 class Done(msgspec.Struct, frozen=True, kw_only=True):
     """The end of a generation, with what the engine measured."""
 
@@ -58,6 +61,7 @@ class Completion(msgspec.Struct, kw_only=True):
     suffix: str = ""
     context: list[int] | None = None  # token ids from an earlier generate, prepended to the prompt
     want_context: bool = False  # return the token ids in Done.context
+    truncate: bool = True  # a prompt longer than the context: drop its oldest tokens (else BadRequest)
     format: Format = None
     tools: list[dict[str, Any]] | None = None
 

@@ -323,7 +323,15 @@ def create(client: Client, args: argparse.Namespace) -> int:
         raise ServerError(f"{modelfile_path}: {exc}") from exc
     body: dict[str, Any] = {"model": args.model}
     source = (modelfile_path.parent / Path(modelfile.from_).expanduser())
-    if modelfile.from_.startswith((".", "/", "~")) or source.is_file():
+    if source.is_dir():
+        # A model folder (ONNX Runtime GenAI): every file, by its path inside the folder.
+        found = sorted(
+            p for p in source.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)
+        )
+        if not found:
+            raise ServerError(f"{modelfile.from_}: the folder has no files")
+        body["files"] = {p.relative_to(source).as_posix(): _upload(client, p) for p in found}
+    elif modelfile.from_.startswith((".", "/", "~")) or source.is_file():
         if not source.is_file():
             raise ServerError(f"{modelfile.from_}: no such file")
         body["files"] = {source.name: _upload(client, source)}

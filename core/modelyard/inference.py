@@ -139,7 +139,7 @@ class Inference:
                 yield chunk("", done=True, done_reason="load")
                 return
             if request.raw:
-                completion = Completion(options=options, prompt=prompt, format=format_)
+                completion = Completion(options=options, prompt=prompt, format=format_, truncate=request.truncate is not False)
             else:
                 system = request.system or model.system
                 messages = [Message(role="system", content=system)] if system else []
@@ -153,6 +153,7 @@ class Inference:
                     context=request.context,
                     want_context=True,
                     format=format_,
+                    truncate=request.truncate is not False,
                 )
                 template = request.template or model.template
                 if template:
@@ -205,7 +206,11 @@ class Inference:
             if model.system and prompt_messages[0].role != "system":
                 prompt_messages.insert(0, Message(role="system", content=model.system))
             completion = Completion(
-                options=options, messages=prompt_messages, format=format_, tools=request.tools or None
+                options=options,
+                messages=prompt_messages,
+                format=format_,
+                tools=request.tools or None,
+                truncate=request.truncate is not False,
             )
             if model.template:
                 completion.prompt = render_go_template(model.template, prompt_messages, request.tools)

@@ -30,6 +30,8 @@ from .store import (
     LICENSE_MEDIA_TYPE,
     MESSAGES_MEDIA_TYPE,
     MODEL_MEDIA_TYPE,
+    ONNX_CONFIG_FILE,
+    ONNX_FILE_MEDIA_TYPE,
     PARAMS_MEDIA_TYPE,
     SYSTEM_MEDIA_TYPE,
     TEMPLATE_MEDIA_TYPE,
@@ -38,6 +40,8 @@ from .store import (
     ModelConfig,
     ModelStore,
     StoredModel,
+    onnx_layers,
+    onnx_model_config,
     sha256_file,
 )
 from .wire import CreateRequest, ProgressResponse
@@ -51,12 +55,23 @@ def check_digest(digest: str) -> str:
     return f"sha256:{match.group(1).lower()}"
 
 
-def typed_parameter(key: str, value: Any) -> Any:
-    """A Modelfile PARAMETER value converted to the option's type; unknown names are refused."""
+def typed_parameter(key: str, value: Any, backend_parameters: dict[str, Any] | None = None) -> Any:
+    """A Modelfile PARAMETER value converted to the option's type; unknown names are refused.
+
+    Besides Ollama's options, a backend may declare parameters of its own (`parameters`, name -> type,
+    e.g. the onnx backend's `provider`): they are stored with the model for the backend to read.
+    """
     kind = OPTION_KINDS.get(key)
+    values = value if isinstance(value, list) else [value]
+    if kind is None and backend_parameters and key in backend_parameters:
+        if len(values) != 1:
+            raise BadRequest(f"parameter '{key}' takes one value")
+        try:
+            return msgspec.convert(values[0], backend_parameters[key], strict=False)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(f"invalid value for parameter '{key}': {exc}") from None
     if kind is None:
         raise BadRequest(f"unknown parameter '{key}'")
-    values = value if isinstance(value, list) else [value]
     if kind == "array":
         if not all(isinstance(v, str) for v in values):
             raise BadRequest(f"invalid value for parameter '{key}': expected strings")
@@ -162,19 +177,35 @@ class Management:
         adapters = self._checked_files(request.adapters or {})
         if len(adapters) > 1:
             raise BadRequest("only one adapter is currently supported")
-        parameters = {key: typed_parameter(key, value) for key, value in (request.parameters or {}).items()}
+        backend_parameters = self._backend_parameters()
+        parameters = {
+            key: typed_parameter(key, value, backend_parameters) for key, value in (request.parameters or {}).items()
+        }
         quantize = request.quantize or request.quantization
         layers = list(base.manifest.layers) if base else []
         config = base.config if base else ModelConfig()
-        model_file = self._gguf_file(files) if files else None
+        folder = self._onnx_folder(request.files or {})
+        model_file = self._gguf_file(files) if files and folder is None else None
+        if folder is not None or (base is not None and base.format == "onnx" and not model_file):
+            if quantize:
+                raise BadRequest("quantization is only supported for GGUF models (this model is ONNX)")
+            if adapters:
+                raise BadRequest("adapters are only supported for GGUF models (this model is ONNX)")
+        if folder is not None:
+            onnx_config = await asyncio.to_thread(self._onnx_config, folder)
         if quantize:
             source = model_file or next((l.digest for l in layers if l.mediaType == MODEL_MEDIA_TYPE), None)
             quantizing = self._quantize_plan(source, quantize)
 
-        if model_file:
+        if folder is not None:
+            yield progress("parsing ONNX model")
+            replaced = (MODEL_MEDIA_TYPE, ONNX_FILE_MEDIA_TYPE, ADAPTER_MEDIA_TYPE)
+            layers = onnx_layers(self.store, folder) + [l for l in layers if l.mediaType not in replaced]
+            config = onnx_config
+        elif model_file:
             yield progress("parsing GGUF")
             model_layer = Layer(mediaType=MODEL_MEDIA_TYPE, digest=model_file, size=self.store.blob_path(model_file).stat().st_size)
-            layers = [layer for layer in layers if layer.mediaType != MODEL_MEDIA_TYPE]
+            layers = [layer for layer in layers if layer.mediaType not in (MODEL_MEDIA_TYPE, ONNX_FILE_MEDIA_TYPE)]
             layers.insert(0, model_layer)
             config = self._gguf_config(model_layer)
         elif base:
@@ -240,6 +271,31 @@ class Management:
                 raise BadRequest(f'blob "{digest}" not found, upload it to /api/blobs first')
             digests.append(digest)
         return digests
+
+    def _backend_parameters(self) -> dict[str, Any]:
+        """Modelfile parameters the installed backends declare (name -> type)."""
+        declared: dict[str, Any] = {}
+        for backend in self.backends.backends:
+            declared.update(getattr(backend, "parameters", None) or {})
+        return declared
+
+    def _onnx_folder(self, files: dict[str, str]) -> dict[str, str] | None:
+        """The files (normalised relative path -> digest) when they make an ONNX GenAI folder, else None.
+
+        Call after `_checked_files`: paths are relative and every blob is present.
+        """
+        normalised = {Path(path).as_posix(): check_digest(digest) for path, digest in files.items()}
+        if ONNX_CONFIG_FILE not in normalised:
+            return None
+        if len(normalised) != len(files) or "." in normalised:
+            raise BadRequest("file paths must be distinct and name files")
+        return normalised
+
+    def _onnx_config(self, folder: dict[str, str]) -> ModelConfig:
+        try:
+            return onnx_model_config({path: self.store.blob_path(digest) for path, digest in folder.items()})
+        except (OSError, ValueError) as exc:
+            raise BadRequest(f"not an ONNX Runtime GenAI model: {exc}") from None
 
     def _gguf_file(self, digests: list[str]) -> str:
         if not digests:

@@ -134,6 +134,9 @@ async def respond(
         first = await until_disconnect(request, anext(chunks))
     except StopAsyncIteration:
         raise ModelyardError("no response was produced") from None
+    if stream and getattr(first, "done_reason", None) in ("load", "unload"):
+        await chunks.aclose()  # Ollama answers a load or unload with one JSON object even when streaming
+        return json_response(first)
     if stream:
         return Stream(ndjson_lines(first, chunks), media_type=NDJSON)
 

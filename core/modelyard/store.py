@@ -11,8 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import mmap
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from functools import cached_property
@@ -36,6 +38,10 @@ PARAMS_MEDIA_TYPE = "application/vnd.ollama.image.params"
 LICENSE_MEDIA_TYPE = "application/vnd.ollama.image.license"
 MESSAGES_MEDIA_TYPE = "application/vnd.ollama.image.messages"
 ADAPTER_MEDIA_TYPE = "application/vnd.ollama.image.adapter"
+# One file of a model folder (ONNX Runtime GenAI); its relative path is the layer's title annotation.
+ONNX_FILE_MEDIA_TYPE = "application/vnd.modelyard.onnx.file"
+TITLE_ANNOTATION = "org.opencontainers.image.title"
+ONNX_CONFIG_FILE = "genai_config.json"
 
 DIGEST_PATTERN = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
 
@@ -45,6 +51,12 @@ class Layer(msgspec.Struct, omit_defaults=True):
     digest: str
     size: int
     from_: str | None = msgspec.field(default=None, name="from")
+    annotations: dict[str, str] | None = None  # OCI annotations; registries keep them with the manifest
+
+    @property
+    def title(self) -> str | None:
+        """The file name the layer stands for (OCI's image title annotation), if it has one."""
+        return (self.annotations or {}).get(TITLE_ANNOTATION)
 
 
 class Manifest(msgspec.Struct, kw_only=True):
@@ -149,10 +161,39 @@ class StoredModel:
 
     @property
     def model_path(self) -> Path:
+        """The weights file: the GGUF, or the graph (`model.onnx`) of an ONNX model."""
         layer = self._layer(MODEL_MEDIA_TYPE)
+        if layer is None and self.format == "onnx":
+            files = self.files
+            graph = self.onnx_config.get("model", {}).get("decoder", {}).get("filename", "model.onnx")
+            if graph in files:
+                return files[graph]
         if layer is None:
             raise FileNotFoundError(f"{self.name.display} has no model layer")
         return self.store.blob_path(layer.digest)
+
+    @cached_property
+    def files(self) -> dict[str, Path]:
+        """The files of a model folder (ONNX): relative path -> blob."""
+        return {
+            layer.title: self.store.blob_path(layer.digest)
+            for layer in self.manifest.layers
+            if layer.mediaType == ONNX_FILE_MEDIA_TYPE and layer.title
+        }
+
+    @cached_property
+    def onnx_config(self) -> dict[str, Any]:
+        """genai_config.json of an ONNX model ({} for other models)."""
+        path = self.files.get(ONNX_CONFIG_FILE)
+        return msgspec.json.decode(path.read_bytes()) if path else {}
+
+    def folder_view(self) -> FolderView:
+        """The model's files under their own names in a temporary folder, as links to the blobs.
+
+        Engines that read a folder (ONNX Runtime GenAI) get one without a copy of the weights; close the
+        view when the model is unloaded.
+        """
+        return FolderView(self.files)
 
     @property
     def adapter_path(self) -> Path | None:
@@ -194,7 +235,7 @@ class StoredModel:
 
     def details(self) -> ModelDetails:
         config = self.config
-        if config.model_family and config.model_type:
+        if (config.model_family and config.model_type) or self.format != "gguf":
             return ModelDetails(
                 parent_model="",
                 format=self.format,
@@ -217,6 +258,45 @@ class StoredModel:
         """Every blob the manifest names is present (a dangling link counts as missing)."""
         layers = [self.manifest.config, *self.manifest.layers]
         return all(self.store.blob_path(layer.digest).exists() for layer in layers)
+
+
+class FolderView:
+    """A temporary folder of links named by relative paths; `close()` removes it (never the targets).
+
+    Symbolic links where the system allows them, else hard links (same file system), else copies.
+    """
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="modelyard-view-"))
+        try:
+            for relative, target in files.items():
+                link = self.path / relative
+                link.parent.mkdir(parents=True, exist_ok=True)
+                _link(target.resolve(), link)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> FolderView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _link(target: Path, link: Path) -> None:
+    try:
+        link.symlink_to(target)
+        return
+    except OSError:
+        pass
+    try:
+        os.link(target, link)
+    except OSError:
+        shutil.copyfile(target, link)
 
 
 class ModelStore:
@@ -360,3 +440,219 @@ class ModelStore:
         )
         layer = self.write_blob(msgspec.json.encode(config))
         return Layer(mediaType=CONFIG_MEDIA_TYPE, digest=layer.digest, size=layer.size)
+
+
+# --- ONNX Runtime GenAI folders ------------------------------------------------------------------
+
+
+def onnx_layers(store: ModelStore, files: dict[str, str]) -> list[Layer]:
+    """One layer per file of a model folder (relative path -> digest), titled by its path, sorted."""
+    return [
+        Layer(
+            mediaType=ONNX_FILE_MEDIA_TYPE,
+            digest=digest,
+            size=store.blob_path(digest).stat().st_size,
+            annotations={TITLE_ANNOTATION: path},
+        )
+        for path, digest in sorted(files.items())
+    ]
+
+
+def onnx_model_config(files: dict[str, Path]) -> ModelConfig:
+    """The config blob of an ONNX GenAI folder (relative path -> file): family from genai_config.json,
+    parameter count and precision read from the ONNX graphs.
+
+    ValueError, with a message for the client, when the folder is not one ONNX Runtime GenAI can load.
+    """
+    try:
+        genai = msgspec.json.decode(files[ONNX_CONFIG_FILE].read_bytes())
+        model = genai["model"]
+        family = str(model["type"])
+    except (KeyError, TypeError, msgspec.DecodeError) as exc:
+        raise ValueError(f"{ONNX_CONFIG_FILE} is not an ONNX Runtime GenAI config (it needs model.type): {exc}") from None
+    graphs = [path for path in files if path.endswith(".onnx")]
+    named = [
+        section["filename"]
+        for section in model.values()
+        if isinstance(section, dict) and isinstance(section.get("filename"), str)
+    ]
+    for path in named:
+        if path not in files:
+            raise ValueError(f"{ONNX_CONFIG_FILE} names {path}, which is not among the files")
+    if not graphs:
+        raise ValueError("the folder has no .onnx model file")
+    counts: dict[str, int] = {}
+    for graph in graphs:
+        summary = _read_onnx(files[graph])
+        for location in summary.external:
+            wanted = (Path(graph).parent / location).as_posix().removeprefix("./")
+            if wanted not in files:
+                raise ValueError(f"{graph} keeps its weights in {wanted}, which is not among the files")
+        for precision, count in summary.parameters.items():
+            counts[precision] = counts.get(precision, 0) + count
+    total = sum(counts.values())
+    decoder = model.get("decoder", {}) if isinstance(model.get("decoder"), dict) else {}
+    return ModelConfig(
+        model_format="onnx",
+        model_family=family,
+        model_families=[family],
+        model_type=human_number(total) if total else "unknown",
+        file_type=max(counts, key=counts.__getitem__) if counts else "unknown",
+        architecture="amd64",
+        os="linux",
+        context_length=int(model.get("context_length") or 0),
+        embedding_length=int(decoder.get("hidden_size") or 0),
+    )
+
+
+# ONNX TensorProto data types -> precision names.
+_ONNX_WEIGHT_TYPES = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64", 3: "int8", 2: "uint8"}
+_SKIPPED_INITIALIZERS = ("cos_cache", "sin_cache")
+
+
+class _OnnxSummary(msgspec.Struct):
+    parameters: dict[str, int]  # precision -> parameters stored in it
+    external: set[str]  # external data files the graph reads
+
+
+def _read_onnx(path: Path) -> _OnnxSummary:
+    """Parameters by precision and external data files of an ONNX model, from its protobuf.
+
+    Only the fields needed are read (graph nodes, their attributes, initializer names, types and
+    shapes); tensor payloads are skipped, so a model with embedded weights costs no copy.
+    """
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            raise ValueError(f"{path.name} is empty")
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            data = memoryview(mapped)
+            try:
+                return _summarise(data)
+            except (IndexError, ValueError) as exc:
+                raise ValueError(f"an .onnx file is not a valid ONNX model: {exc}") from None
+            finally:
+                data.release()
+
+
+def _summarise(data: memoryview) -> _OnnxSummary:
+    graph = next((value for number, value in _fields(data, 0, len(data)) if number == 7), None)
+    if not isinstance(graph, tuple):
+        raise ValueError("no graph")
+    nodes, initializers = [], {}
+    for number, value in _fields(data, *graph):
+        if number == 1:
+            nodes.append(_node(data, value))
+        elif number == 5:
+            name, data_type, dims, location = _tensor(data, value)
+            initializers[name] = (data_type, dims, location)
+    parameters: dict[str, int] = {}
+    accounted: set[str] = set()
+
+    def add(precision: str, count: int) -> None:
+        parameters[precision] = parameters.get(precision, 0) + count
+
+    for op_type, inputs, attributes in nodes:
+        if op_type == "MatMulNBits":
+            add(f"int{attributes.get('bits', 4)}", attributes.get("K", 0) * attributes.get("N", 0))
+            accounted.update(inputs[1:4])
+        elif op_type == "GatherBlockQuantized":
+            accounted.update(inputs[2:4])
+            if inputs and inputs[0] in initializers and inputs[0] not in accounted:
+                _, dims, _ = initializers[inputs[0]]
+                add(f"int{attributes.get('bits', 4)}", _product(dims) * 8 // attributes.get("bits", 4))
+                accounted.add(inputs[0])
+    for name, (data_type, dims, _) in initializers.items():
+        if name in accounted or any(skipped in name for skipped in _SKIPPED_INITIALIZERS):
+            continue
+        if data_type in _ONNX_WEIGHT_TYPES and len(dims) >= 1:
+            add(_ONNX_WEIGHT_TYPES[data_type], _product(dims))
+    external = {location for _, _, location in initializers.values() if location}
+    return _OnnxSummary(parameters=parameters, external=external)
+
+
+def _product(dims: list[int]) -> int:
+    result = 1
+    for dim in dims:
+        result *= dim
+    return result
+
+
+def _node(data: memoryview, span: tuple[int, int]) -> tuple[str, list[str], dict[str, int]]:
+    op_type, inputs, attributes = "", [], {}
+    for number, value in _fields(data, *span):
+        if number == 1:
+            inputs.append(_text(data, value))
+        elif number == 4:
+            op_type = _text(data, value)
+        elif number == 5:
+            name, integer = "", None
+            for field, item in _fields(data, *value):
+                if field == 1:
+                    name = _text(data, item)
+                elif field == 3:
+                    integer = item
+            if integer is not None:
+                attributes[name] = integer
+    return op_type, inputs, attributes
+
+
+def _tensor(data: memoryview, span: tuple[int, int]) -> tuple[str, int, list[int], str | None]:
+    name, data_type, dims, location = "", 0, [], None
+    for number, value in _fields(data, *span):
+        if number == 1:
+            if isinstance(value, tuple):  # packed
+                position, end = value
+                while position < end:
+                    dim, position = _varint(data, position)
+                    dims.append(dim)
+            else:
+                dims.append(value)
+        elif number == 2:
+            data_type = value
+        elif number == 8:
+            name = _text(data, value)
+        elif number == 13:  # external_data: key/value entries
+            entry = dict((field, _text(data, item)) for field, item in _fields(data, *value))
+            if entry.get(1) == "location":
+                location = entry.get(2)
+    return name, data_type, dims, location
+
+
+def _text(data: memoryview, span: tuple[int, int]) -> str:
+    return bytes(data[span[0] : span[1]]).decode("utf-8", "replace")
+
+
+def _varint(data: memoryview, position: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, position
+        shift += 7
+        if shift > 70:
+            raise ValueError("varint too long")
+
+
+def _fields(data: memoryview, start: int, end: int) -> Iterator[tuple[int, int | tuple[int, int]]]:
+    """(field number, value) of a protobuf message: varints as ints, length-delimited as spans."""
+    position = start
+    while position < end:
+        key, position = _varint(data, position)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, position = _varint(data, position)
+            yield number, value
+        elif wire == 2:
+            length, position = _varint(data, position)
+            if position + length > end:
+                raise ValueError("truncated field")
+            yield number, (position, position + length)
+            position += length
+        elif wire == 1:
+            position += 8
+        elif wire == 5:
+            position += 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import msgspec
-from modelyard.backend import COMPLETION, Completion, Done, Event, TextDelta
+from modelyard.backend import COMPLETION, CONTEXT_EXCEEDED, Completion, Done, Event, TextDelta
+from modelyard.errors import BadRequest
 from modelyard.hookspecs import hookimpl
 from modelyard.options import Options
 from modelyard.store import StoredModel
@@ -64,8 +65,16 @@ class EchoModel:
         started = time.perf_counter_ns()
         if completion.messages:
             prompt = next((m.content for m in reversed(completion.messages) if m.role == "user"), "")
+            conversation = " ".join(m.content for m in completion.messages)
         else:
-            prompt = completion.prompt or ""
+            prompt = conversation = completion.prompt or ""
+        # A word is a token here: the whole conversation must fit the context.
+        prompt_words = conversation.split()
+        if len(prompt_words) >= self.context_length:
+            if not completion.truncate:
+                raise BadRequest(CONTEXT_EXCEEDED)
+            prompt_words = prompt_words[len(prompt_words) - self.context_length + 1 :]
+            prompt = " ".join(prompt.split()[-(self.context_length - 1) :])
         answer = json.dumps({"echo": prompt}) if completion.format is not None else prompt
         words = re.findall(r"\s*\S+", answer) or [""]
         options = completion.options
@@ -88,7 +97,7 @@ class EchoModel:
         finished = time.perf_counter_ns()
         yield Done(
             reason=reason,
-            prompt_eval_count=len(prompt.split()),
+            prompt_eval_count=len(prompt_words),
             prompt_eval_duration=0,
             eval_count=count,
             eval_duration=finished - started,

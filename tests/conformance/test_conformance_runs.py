@@ -47,10 +47,33 @@ def test_llamacpp_backend_passes_the_suite(llamacpp_run) -> None:
     assert llamacpp_run.results("passed"), "the real model must pass the generation cases, not skip them"
 
 
-def test_known_gaps_are_strict_xfails_with_their_issue(echo_run) -> None:
-    xfailed = [r for r in echo_run.report["results"] if r["outcome"] == "xfailed"]
-    assert xfailed, "the echo expectations file lists gaps; they must show as xfailed"
-    assert all(isinstance(r["issue"], (int, str)) and r["issue"] for r in xfailed)
+def test_known_gaps_are_strict_xfails_with_their_issue(suite, tmp_path: Path) -> None:
+    """A failing case listed in the expectations file shows as xfailed with its issue, and the run passes.
+
+    Claiming the `image` capability for a text model makes the listed case really fail.
+    """
+    expectations = tmp_path / "expectations.yaml"
+    expectations.write_text(
+        textwrap.dedent(
+            """\
+            backend: echo
+            xfail:
+              - case: generate/image-generation-model-is-rejected
+                issue: 4
+                reason: smollm2 is not an image-generation model, whatever this run claims
+            """
+        )
+    )
+    run = suite(
+        [
+            "--backend", "echo", "--model", MODEL, *ONLY_SMOLLM2, "--capability", "image",
+            "--expectations", str(expectations), "-k", "generate/image-generation-model-is-rejected",
+        ],
+        tmp_path / "report.json",
+    )
+    assert run.returncode == 0, run.output
+    xfailed = [r for r in run.report["results"] if r["outcome"] == "xfailed"]
+    assert xfailed and all(r["issue"] == 4 for r in xfailed), run.output
 
 
 def test_a_fixed_gap_turns_the_run_red(suite, tmp_path: Path) -> None:

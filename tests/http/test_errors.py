@@ -192,3 +192,14 @@ def test_null_body_is_an_empty_request(http):
     response = http.post("/api/generate", content=b"null")
     assert response.status_code == 404
     assert error_of(response) == "model '' not found"
+
+
+@pytest.mark.parametrize("path", ["/api/generate", "/api/chat"])
+def test_truncate_false_refuses_a_prompt_longer_than_the_context(http, path):
+    long = "word " * 400
+    body = {"model": MODEL, "prompt": long, "messages": [{"role": "user", "content": long}], "truncate": False, "options": {"num_ctx": 128}}
+    response = http.post(path, json=body)
+    assert response.status_code == 400
+    assert error_of(response) == "the input length exceeds the context length"
+    truncated = http.post(path, json={**body, "truncate": True, "stream": False, "options": {"num_ctx": 128, "num_predict": 2}}).json()
+    assert truncated["prompt_eval_count"] < 128
