@@ -81,9 +81,14 @@ class LoadedModel(Protocol):
 
 
 class Backend(Protocol):
-    """An engine. `Settings` is a msgspec Struct (forbid_unknown_fields) filled from the environment."""
+    """An engine. `Settings` is a msgspec Struct (forbid_unknown_fields) filled from the environment.
+
+    `priority` orders backends (lower first; the first that serves a model runs it). A backend that can
+    quantize GGUF files also has `async quantize(source, target, file_type)`.
+    """
 
     name: ClassVar[str]
+    priority: ClassVar[int]
     Settings: ClassVar[type[msgspec.Struct]]
 
     def serves(self, model: StoredModel) -> bool:

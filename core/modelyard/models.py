@@ -8,7 +8,7 @@ from typing import Any
 from .errors import ModelyardError
 from .plugins import Backends
 from .scheduler import Scheduler
-from .store import StoredModel, go_time
+from .store import ModelStore, StoredModel, go_time
 from .wire import ListModel, ListResponse, ProcessModel, ProcessResponse, ShowResponse
 
 # Ollama drops these from model_info: the name is noise, the template is shown separately.
@@ -22,7 +22,7 @@ def capabilities(model: StoredModel, backends: Backends) -> list[str]:
         return []
 
 
-def list_models(store: Any, backends: Backends) -> ListResponse:
+def list_models(store: ModelStore, backends: Backends) -> ListResponse:
     return ListResponse(
         models=[
             ListModel(
