@@ -110,9 +110,9 @@ def test_in_repo_backends_are_entry_points_like_third_party_ones():
 
 
 def test_backends_are_ordered_real_engines_first():
-    backends = Backends.discover(build_plugin_manager())
-    assert [b.name for b in backends.backends][:1] == ["llamacpp"]
-    assert backends.backends[-1].name == "echo"
+    names = [b.name for b in Backends.discover(build_plugin_manager()).backends]
+    assert names[-1] == "echo"  # the fallback serves any model, so it comes last
+    assert "llamacpp" in names[:-1]
 
 
 def test_choosing_an_unknown_backend_fails_clearly():
