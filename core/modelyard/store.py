@@ -187,6 +187,40 @@ class StoredModel:
         path = self.files.get(ONNX_CONFIG_FILE)
         return msgspec.json.decode(path.read_bytes()) if path else {}
 
+    @cached_property
+    def folder_chat_template(self) -> str:
+        """A model folder's chat template: chat_template.jinja, else tokenizer_config.json's ("" if none)."""
+        files = self.files
+        if "chat_template.jinja" in files:
+            return files["chat_template.jinja"].read_text(encoding="utf-8")
+        if "tokenizer_config.json" in files:
+            try:
+                template = msgspec.json.decode(files["tokenizer_config.json"].read_bytes()).get("chat_template")
+            except (msgspec.DecodeError, AttributeError):
+                return ""
+            return template if isinstance(template, str) else ""
+        return ""
+
+    def onnx_model_info(self) -> dict[str, Any]:
+        """/api/show's model_info for an ONNX model, under the GGUF key names clients read."""
+        model = self.onnx_config.get("model", {})
+        decoder = model.get("decoder", {})
+        family = self.config.model_family or str(model.get("type", ""))
+        graphs = [path for name, path in self.files.items() if name.endswith(".onnx")]
+        info: dict[str, Any] = {
+            "general.architecture": family,
+            "general.parameter_count": sum(sum(_read_onnx(path).parameters.values()) for path in graphs),
+            f"{family}.context_length": model.get("context_length"),
+            f"{family}.embedding_length": decoder.get("hidden_size"),
+            f"{family}.block_count": decoder.get("num_hidden_layers"),
+            f"{family}.attention.head_count": decoder.get("num_attention_heads"),
+            f"{family}.attention.head_count_kv": decoder.get("num_key_value_heads"),
+            f"{family}.vocab_size": model.get("vocab_size"),
+            "tokenizer.ggml.bos_token_id": model.get("bos_token_id"),
+            "tokenizer.ggml.eos_token_id": model.get("eos_token_id"),
+        }
+        return {key: value for key, value in info.items() if value is not None}
+
     def folder_view(self) -> FolderView:
         """The model's files under their own names in a temporary folder, as links to the blobs.
 

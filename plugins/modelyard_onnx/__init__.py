@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar, Literal
 
 import msgspec
-from modelyard.backend import COMPLETION, TOOLS, Completion, Done, Event, TextDelta, iterate_in_thread
+from modelyard.backend import COMPLETION, CONTEXT_EXCEEDED, TOOLS, Completion, Done, Event, TextDelta, iterate_in_thread
 from modelyard.errors import BackendUnavailable, BadRequest, InternalError
 from modelyard.hookspecs import hookimpl
 from modelyard.options import Format, Options
@@ -45,15 +45,24 @@ JSON_OBJECT = {"type": "object"}
 COMPACT_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
+# Between two chunks of a long prompt, the worker sleeps this long (seconds): the event loop's turn.
+PREFILL_PAUSE = 0.002
+# How long the worker waits for the core to take a piece of text before it goes on regardless (seconds).
+HANDOFF_TIMEOUT = 0.05
+
+
 class OnnxSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """MODELYARD_ONNX_<FIELD> environment variables."""
 
     provider: Provider = "cpu"  # a model's `PARAMETER provider` overrides it
+    # Prompt tokens evaluated per engine call (0: the whole prompt in one). The binding keeps the GIL
+    # during a call, so the server answers other requests, and notices a client that left, between chunks.
+    prefill_chunk: int = 64
 
 
 class OnnxBackend:
     name: ClassVar[str] = "onnx"
-    priority: ClassVar[int] = 10
+    priority: ClassVar[int] = 11  # a real engine; after llama.cpp (they serve different formats)
     Settings: ClassVar[type[msgspec.Struct]] = OnnxSettings
     # Modelfile parameters of this backend, stored with the model (see manage.typed_parameter).
     parameters: ClassVar[dict[str, Any]] = {"provider": Provider}
@@ -66,7 +75,7 @@ class OnnxBackend:
 
     def capabilities(self, model: StoredModel) -> frozenset[str]:
         found = {COMPLETION}
-        if "tools" in chat_template_text(model):
+        if "tools" in model.folder_chat_template:
             found.add(TOOLS)
         return frozenset(found)
 
@@ -99,7 +108,7 @@ class OnnxBackend:
             if isinstance(exc, RuntimeError):
                 raise InternalError(f"onnxruntime-genai could not load {model.name.display}: {exc}") from exc
             raise
-        return OnnxModel(og, engine, tokenizer, view, model, n_ctx, provider)
+        return OnnxModel(og, engine, tokenizer, view, model, n_ctx, provider, self.settings.prefill_chunk)
 
     async def close(self) -> None:
         pass
@@ -134,20 +143,6 @@ def _open(og: Any, view: FolderView, provider: str, threads: int, device: int | 
     return engine, og.Tokenizer(engine)
 
 
-def chat_template_text(model: StoredModel) -> str:
-    """The folder's chat template (chat_template.jinja, or tokenizer_config.json's chat_template)."""
-    files = model.files
-    if "chat_template.jinja" in files:
-        return files["chat_template.jinja"].read_text(encoding="utf-8")
-    if "tokenizer_config.json" in files:
-        try:
-            template = msgspec.json.decode(files["tokenizer_config.json"].read_bytes()).get("chat_template")
-        except (msgspec.DecodeError, AttributeError):
-            return ""
-        return template if isinstance(template, str) else ""
-    return ""
-
-
 def _kv_cache_bytes(model: StoredModel, n_ctx: int, provider: str) -> int:
     decoder = model.onnx_config.get("model", {}).get("decoder", {})
     layers = int(decoder.get("num_hidden_layers") or 0)
@@ -159,9 +154,18 @@ def _kv_cache_bytes(model: StoredModel, n_ctx: int, provider: str) -> int:
 
 class OnnxModel:
     def __init__(
-        self, og: Any, engine: Any, tokenizer: Any, view: FolderView, model: StoredModel, n_ctx: int, provider: str
+        self,
+        og: Any,
+        engine: Any,
+        tokenizer: Any,
+        view: FolderView,
+        model: StoredModel,
+        n_ctx: int,
+        provider: str,
+        prefill_chunk: int = 0,
     ) -> None:
         self.og = og
+        self.prefill_chunk = prefill_chunk
         self.engine = engine
         self.tokenizer = tokenizer
         self.view = view
@@ -171,11 +175,21 @@ class OnnxModel:
         self.size = weights + _kv_cache_bytes(model, n_ctx, provider)
         self.size_vram = 0 if provider == "cpu" else self.size
         self.eos = frozenset(int(token) for token in tokenizer.eos_token_ids)
-        self.vocab_size = int(model.onnx_config.get("model", {}).get("vocab_size") or 0)
         self._guidance: bool | None = None  # whether this build has guidance, once known
 
-    def generate(self, completion: Completion) -> AsyncIterator[Event]:
-        return iterate_in_thread(lambda stop: self._generate(completion, stop))
+    async def generate(self, completion: Completion) -> AsyncIterator[Event]:
+        # onnxruntime-genai's Python binding keeps the GIL while the engine computes, so the event loop
+        # runs only between engine calls. The worker waits after each piece of text until the core has
+        # taken it (it asks for the next event), so that the piece is sent now rather than a token later.
+        taken = threading.Event()
+        events = iterate_in_thread(lambda stop: self._generate(completion, stop, taken))
+        try:
+            async for event in events:
+                yield event
+                taken.set()
+        finally:
+            taken.set()  # a worker waiting for the core must not wait for a consumer that left
+            await events.aclose()
 
     async def close(self) -> None:
         self.engine = self.tokenizer = None
@@ -196,11 +210,13 @@ class OnnxModel:
         tokens = [int(token) for token in self.tokenizer.encode(text)] if text else []
         return list(completion.context or []) + tokens
 
-    def _fit(self, tokens: list[int], keep: int) -> list[int]:
+    def _fit(self, tokens: list[int], keep: int, truncate: bool) -> list[int]:
         """Drop the oldest tokens after the first `keep` so that at least one token can be generated."""
         limit = self.n_ctx - 1
         if len(tokens) <= limit:
             return tokens
+        if not truncate:
+            raise BadRequest(CONTEXT_EXCEEDED)
         keep = max(0, min(keep, limit // 2))
         return tokens[:keep] + tokens[len(tokens) - (limit - keep) :]
 
@@ -234,14 +250,21 @@ class OnnxModel:
         try:
             params.set_guidance("json_schema", json.dumps(schema))
         except RuntimeError as exc:
-            raw = json.dumps(json.dumps(format_))
-            raise InternalError(f'invalid format: {raw}; expected "json" or a valid JSON Schema object ({exc})') from exc
+            raise _invalid_format(format_, exc) from exc
 
-    def _generate(self, completion: Completion, stop: threading.Event) -> Iterator[Event]:
+    def _generator(self, params: Any, format_: Format) -> Any:
+        try:
+            return self.og.Generator(self.engine, params)
+        except RuntimeError as exc:
+            if format_ is not None:  # the grammar is compiled here
+                raise _invalid_format(format_, exc) from exc
+            raise InternalError(f"onnxruntime-genai could not start generating: {exc}") from exc
+
+    def _generate(self, completion: Completion, stop: threading.Event, taken: threading.Event) -> Iterator[Event]:
         og = self.og
         options = completion.options
         started = time.perf_counter_ns()
-        prompt = self._fit(self._prompt_tokens(completion), options.num_keep)
+        prompt = self._fit(self._prompt_tokens(completion), options.num_keep, completion.truncate)
         if not prompt:
             raise BadRequest("the prompt is empty after tokenization")
         budget = options.num_predict if options.num_predict >= 0 else self.n_ctx
@@ -256,10 +279,16 @@ class OnnxModel:
             params = og.GeneratorParams(self.engine)
             params.set_search_options(**self._search_options(options, max_length))
             self._set_format(params, completion.format)
-            generator = og.Generator(self.engine, params)
+            generator = self._generator(params, completion.format)
             stream = self.tokenizer.create_stream()
             try:
-                generator.append_tokens(prompt)
+                step = self.prefill_chunk if self.prefill_chunk > 0 else len(prompt)
+                for start in range(0, len(prompt), step):
+                    if start:
+                        time.sleep(PREFILL_PAUSE)  # the event loop's turn (the GIL) between chunks
+                    if stop.is_set():
+                        break
+                    generator.append_tokens(prompt[start : start + step])
                 while not stop.is_set():
                     if generator.is_done():
                         # The length limit, or a finished format; an end-of-sequence token breaks below.
@@ -275,7 +304,9 @@ class OnnxModel:
                     output.append(token)
                     text, stopped = stops.push(stream.decode(token))
                     if text:
+                        taken.clear()
                         yield TextDelta(text)
+                        taken.wait(HANDOFF_TIMEOUT)
                     if stopped:
                         break
             finally:
@@ -293,6 +324,11 @@ class OnnxModel:
             eval_duration=finished - first_token_at,
             context=prompt + output if completion.want_context else None,
         )
+
+
+def _invalid_format(format_: Format, exc: Exception) -> InternalError:
+    raw = json.dumps(json.dumps(format_))
+    return InternalError(f'invalid format: {raw}; expected "json" or a valid JSON Schema object ({exc})')
 
 
 def _has_guidance(og: Any, engine: Any) -> bool:
