@@ -111,7 +111,9 @@ class Inference:
         """Options (defaults < model PARAMETERs < request) and format checked, then the model leased."""
         request_options = parse_options(raw_options)
         format_ = parse_format(raw_format)
-        options = merge_options({"num_ctx": self.context_length}, parse_options(model.parameters), request_options)
+        declared = getattr(backend, "parameters", None) or {}  # a backend's own Modelfile parameters
+        model_options = {key: value for key, value in model.parameters.items() if key not in declared}
+        options = merge_options({"num_ctx": self.context_length}, parse_options(model_options), request_options)
         return await self.scheduler.acquire(model, backend, options, keep_alive), options, format_
 
     async def generate(self, request: GenerateRequest, started: int) -> AsyncIterator[GenerateResponse]:

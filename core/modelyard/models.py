@@ -62,7 +62,7 @@ def chat_template(model: StoredModel) -> str:
         return model.template
     if model.format == "gguf":
         return str(model.gguf.metadata.get("tokenizer.chat_template", ""))
-    return ""
+    return model.folder_chat_template or ""
 
 
 def modelfile_text(model: StoredModel) -> str:
@@ -89,6 +89,8 @@ def modelfile_text(model: StoredModel) -> str:
 
 
 def model_info(model: StoredModel, verbose: bool) -> dict[str, Any]:
+    if model.format == "onnx":
+        return model.onnx_model_info()
     if model.format != "gguf":
         return {}
     info: dict[str, Any] = {}

@@ -245,7 +245,7 @@ class OnnxModel:
                 "format needs guidance, which this onnxruntime-genai build lacks (it is built without "
                 "llguidance): install the official onnxruntime-genai wheels, or leave format out"
             )
-        schema = dict(JSON_OBJECT) if format_ == "json" else dict(format_)
+        schema = dict(JSON_OBJECT) if format_ == "json" else closed_objects(format_)
         schema.setdefault("x-guidance", COMPACT_LAYOUT)
         try:
             params.set_guidance("json_schema", json.dumps(schema))
@@ -324,6 +324,32 @@ class OnnxModel:
             eval_duration=finished - first_token_at,
             context=prompt + output if completion.want_context else None,
         )
+
+
+# JSON Schema keywords whose value maps names to schemas, and those whose value is data.
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_DATA = ("enum", "const", "default", "examples")
+
+
+def closed_objects(schema: Any) -> Any:
+    """A copy of a JSON Schema where objects with `properties` and no `additionalProperties` allow no
+    other keys: what Ollama's grammar (llama.cpp's json-schema-to-grammar) generates, where llguidance
+    follows JSON Schema and would allow any."""
+    if isinstance(schema, list):
+        return [closed_objects(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    copy = {}
+    for key, value in schema.items():
+        if key in _DATA:
+            copy[key] = value
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            copy[key] = {name: closed_objects(item) for name, item in value.items()}
+        else:
+            copy[key] = closed_objects(value)
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        copy["additionalProperties"] = False
+    return copy
 
 
 def _invalid_format(format_: Format, exc: Exception) -> InternalError:

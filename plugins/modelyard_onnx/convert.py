@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 # Bump when the output of a conversion changes: caches key on it.
-VERSION = 2
+VERSION = 3
 
 # What the conversion needs, pinned so that a conversion is repeatable (a change here is a new VERSION).
 # torch 2.13.0 from pip is the CPU build on Linux (uv would pick a CUDA one).
@@ -151,12 +151,10 @@ def _hf_folder(source: Path, folder: Path, tiny: bool) -> None:
 def convert(source: Path, out: Path, *, tiny: bool = False, precision: str = "int4", algo: str | None = None) -> None:
     """Write the ONNX GenAI folder for the GGUF `source` into `out` (replaced if it exists).
 
-    int4 weights are rounded to the nearest level per block of 32 (`rtn`) by default: from a 4-bit GGUF
-    that stays closest to the GGUF's own levels. On SmolLM2 135M (Q4_1) `k_quant` gave worse answers
-    (sampled "Why is the sky blue?" ended within 12 tokens 18 times in 150, against 2 with rtn, and 0 on
-    llama.cpp) at the same size and speed.
+    int4 uses the builder's `k_quant` unless `algo` says otherwise. A 4-bit GGUF quantized again to int4
+    loses more: for a small model, `int8` keeps the GGUF's weights nearly exactly (docs/onnx.md).
     """
-    algo = algo or ("default" if tiny else "rtn")
+    algo = algo or ("default" if tiny else "k_quant")
     with tempfile.TemporaryDirectory(prefix="modelyard-convert-") as work:
         hf = Path(work) / "hf"
         _hf_folder(source, hf, tiny)
@@ -181,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", type=Path, help="the GGUF file")
     parser.add_argument("out", type=Path, help="the ONNX GenAI folder to write")
     parser.add_argument("--precision", default="int4", choices=["int4", "int8", "fp32"], help="default int4 (CPU)")
-    parser.add_argument("--algo", help="int4 quantization: rtn (default), k_quant, default... (the builder's algo_config)")
+    parser.add_argument("--algo", help="int4 quantization: k_quant (default), rtn, default... (the builder's algo_config)")
     parser.add_argument("--tiny", action="store_true", help="a small random network with the GGUF's tokenizer")
     parser.add_argument("--venv", type=Path, help="make and use a virtual environment there for the conversion")
     args = parser.parse_args(argv)

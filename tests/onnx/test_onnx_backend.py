@@ -86,3 +86,25 @@ def test_a_build_without_guidance_refuses_format_with_a_400():
 
 def test_the_provider_parameter_is_declared_for_the_store():
     assert msgspec.convert("dml", OnnxBackend.parameters["provider"]) == "dml"
+
+
+def test_schemas_allow_only_the_listed_properties_as_ollama_does():
+    from modelyard_onnx import closed_objects
+
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "object", "properties": {"b": {"type": "integer"}}}, "c": {"type": "object"}},
+        "$defs": {"d": {"properties": {"e": {}}, "additionalProperties": True}},
+        "anyOf": [{"properties": {"f": {}}}],
+    }
+    closed = closed_objects(schema)
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["a"]["additionalProperties"] is False
+    assert "additionalProperties" not in closed["properties"]["c"]  # no properties: any object
+    assert closed["$defs"]["d"]["additionalProperties"] is True  # said explicitly
+    assert closed["anyOf"][0]["additionalProperties"] is False
+    assert "additionalProperties" not in schema  # the request's schema is left as it was
+    named = closed_objects({"properties": {"properties": {"type": "string"}}})
+    assert named["properties"] == {"properties": {"type": "string"}}  # a property named "properties"
+    data = {"const": {"properties": {}}, "enum": [{"properties": {}}]}
+    assert closed_objects(data) == data  # values, not schemas

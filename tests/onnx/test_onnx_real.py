@@ -104,4 +104,4 @@ def test_the_server_answers_while_a_long_prompt_is_evaluated(url, real_model):
         answered = time.perf_counter() - started
     worker.join()
     assert result["prompt_eval_count"] > 600
-    assert answered < 0.3 * result["prompt_eval_duration"] / 1e9
+    assert answered < 0.5 * result["prompt_eval_duration"] / 1e9
