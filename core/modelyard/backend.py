@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
@@ -47,6 +48,22 @@ class Done(msgspec.Struct, frozen=True, kw_only=True):
     eval_count: int
     eval_duration: int  # ns
     context: list[int] | None = None  # prompt + output token ids, when the completion asked for them
+
+    @classmethod
+    def measured(
+        cls, reason: str, prompt: list[int], output: list[int], started: int, first_token_at: int | None, want_context: bool
+    ) -> Done:
+        """The Done of a token loop: prompt time until the first token, eval time after it (perf_counter_ns)."""
+        finished = time.perf_counter_ns()
+        first_token_at = first_token_at or finished
+        return cls(
+            reason=reason,
+            prompt_eval_count=len(prompt),
+            prompt_eval_duration=first_token_at - started,
+            eval_count=len(output),
+            eval_duration=finished - first_token_at,
+            context=prompt + output if want_context else None,
+        )
 
 
 Event = TextDelta | Done

@@ -266,16 +266,7 @@ class LlamaCppModel:
         tail = decoder.decode(b"", final=True) + stops.flush()
         if tail:
             yield TextDelta(tail)
-        finished = time.perf_counter_ns()
-        first_token_at = first_token_at or finished
-        yield Done(
-            reason=reason,
-            prompt_eval_count=len(prompt),
-            prompt_eval_duration=first_token_at - started,
-            eval_count=len(output),
-            eval_duration=finished - first_token_at,
-            context=prompt + output if completion.want_context else None,
-        )
+        yield Done.measured(reason, prompt, output, started, first_token_at, completion.want_context)
 
 
 def _token_text(metadata: dict[str, Any], key: str) -> str:

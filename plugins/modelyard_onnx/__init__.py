@@ -314,16 +314,7 @@ class OnnxModel:
         tail = stops.flush()
         if tail:
             yield TextDelta(tail)
-        finished = time.perf_counter_ns()
-        first_token_at = first_token_at or finished
-        yield Done(
-            reason=reason,
-            prompt_eval_count=len(prompt),
-            prompt_eval_duration=first_token_at - started,
-            eval_count=len(output),
-            eval_duration=finished - first_token_at,
-            context=prompt + output if completion.want_context else None,
-        )
+        yield Done.measured(reason, prompt, output, started, first_token_at, completion.want_context)
 
 
 # JSON Schema keywords whose value maps names to schemas, and those whose value is data.
