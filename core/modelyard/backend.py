@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import msgspec
 
+from .errors import BadRequest
 from .options import Format, Options
 from .wire import Message
 
@@ -37,6 +38,20 @@ class TextDelta(msgspec.Struct, frozen=True):
 
 
 CONTEXT_EXCEEDED = "the input length exceeds the context length"
+
+
+def fit_context(tokens: list[int], context_length: int, keep: int, truncate: bool) -> list[int]:
+    """Prompt tokens that leave room for one generated token: the first `keep`, then the newest.
+
+    With `truncate` false, a prompt that does not fit is Ollama's 400 instead.
+    """
+    limit = context_length - 1
+    if len(tokens) <= limit:
+        return tokens
+    if not truncate:
+        raise BadRequest(CONTEXT_EXCEEDED)
+    keep = max(0, min(keep, limit // 2))
+    return tokens[:keep] + tokens[len(tokens) - (limit - keep) :]
 
 
 class Done(msgspec.Struct, frozen=True, kw_only=True):

@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
-from modelyard.backend import COMPLETION, CONTEXT_EXCEEDED, TOOLS, Completion, Done, Event, TextDelta, iterate_in_thread
+from modelyard.backend import (
+    COMPLETION,
+    TOOLS,
+    Completion,
+    Done,
+    Event,
+    TextDelta,
+    fit_context,
+    iterate_in_thread,
+)
 from modelyard.chat_template import ChatTemplate
 from modelyard.errors import BackendUnavailable, BadRequest, InternalError
 from modelyard.gguf import FILE_TYPES
@@ -180,16 +189,6 @@ class LlamaCppModel:
             piece = self._pieces[token] = buffer.raw[:length]
         return piece
 
-    def _fit(self, tokens: list[int], keep: int, truncate: bool) -> list[int]:
-        """Drop the oldest tokens after the first `keep` so that at least one token can be generated."""
-        limit = self.n_ctx - 1
-        if len(tokens) <= limit:
-            return tokens
-        if not truncate:
-            raise BadRequest(CONTEXT_EXCEEDED)
-        keep = max(0, min(keep, limit // 2))
-        return tokens[:keep] + tokens[len(tokens) - (limit - keep) :]
-
     def _grammar(self, format_: Any) -> Any:
         if format_ is None:
             return None
@@ -214,7 +213,7 @@ class LlamaCppModel:
         llm = self.llm
         started = time.perf_counter_ns()
         grammar = self._grammar(completion.format)
-        prompt = self._fit(self._prompt_tokens(completion), options.num_keep, completion.truncate)
+        prompt = fit_context(self._prompt_tokens(completion), self.n_ctx, options.num_keep, completion.truncate)
         if not prompt:
             raise BadRequest("the prompt is empty after tokenization")
         if options.seed >= 0:

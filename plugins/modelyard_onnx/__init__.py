@@ -21,7 +21,16 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar, Literal
 
 import msgspec
-from modelyard.backend import COMPLETION, CONTEXT_EXCEEDED, TOOLS, Completion, Done, Event, TextDelta, iterate_in_thread
+from modelyard.backend import (
+    COMPLETION,
+    TOOLS,
+    Completion,
+    Done,
+    Event,
+    TextDelta,
+    fit_context,
+    iterate_in_thread,
+)
 from modelyard.errors import BackendUnavailable, BadRequest, InternalError
 from modelyard.hookspecs import hookimpl
 from modelyard.options import Format, Options
@@ -210,16 +219,6 @@ class OnnxModel:
         tokens = [int(token) for token in self.tokenizer.encode(text)] if text else []
         return list(completion.context or []) + tokens
 
-    def _fit(self, tokens: list[int], keep: int, truncate: bool) -> list[int]:
-        """Drop the oldest tokens after the first `keep` so that at least one token can be generated."""
-        limit = self.n_ctx - 1
-        if len(tokens) <= limit:
-            return tokens
-        if not truncate:
-            raise BadRequest(CONTEXT_EXCEEDED)
-        keep = max(0, min(keep, limit // 2))
-        return tokens[:keep] + tokens[len(tokens) - (limit - keep) :]
-
     def _search_options(self, options: Options, max_length: int) -> dict[str, Any]:
         search: dict[str, Any] = {"max_length": max_length, "repetition_penalty": options.repeat_penalty}
         if options.temperature > 0:
@@ -264,7 +263,7 @@ class OnnxModel:
         og = self.og
         options = completion.options
         started = time.perf_counter_ns()
-        prompt = self._fit(self._prompt_tokens(completion), options.num_keep, completion.truncate)
+        prompt = fit_context(self._prompt_tokens(completion), self.n_ctx, options.num_keep, completion.truncate)
         if not prompt:
             raise BadRequest("the prompt is empty after tokenization")
         budget = options.num_predict if options.num_predict >= 0 else self.n_ctx

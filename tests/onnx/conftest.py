@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from modelyard.bundled import smollm2_gguf
 from modelyard.launcher import ServerProcess
 from modelyard.store import sha256_file

@@ -9,13 +9,9 @@ name the tests use.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-import ollama
 import pytest
-
 from modelyard.launcher import ServerProcess
 
 _SOURCE = Path(__file__).parents[1] / "http" / "test_generate_chat.py"
@@ -29,17 +25,6 @@ client = _module.client  # the module's own fixture, over ollama_client
 
 @pytest.fixture
 def llama_server(onnx_server: ServerProcess, real_model: str) -> ServerProcess:
+    """The server tests/conftest.py's `http` and `ollama_client` fixtures talk to: here, the onnx one."""
     return onnx_server
 
-
-@pytest.fixture
-def http(llama_server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=llama_server.url, timeout=120) as session:
-        yield session
-
-
-@pytest.fixture
-def ollama_client(llama_server: ServerProcess) -> Iterator[ollama.Client]:
-    official = ollama.Client(host=llama_server.url)
-    yield official
-    official._client.close()

@@ -16,9 +16,8 @@ import httpx
 import msgspec
 import pytest
 from conftest import TINY, create_from_folder, upload_folder
-from support.registry import LocalRegistry
-
 from modelyard.launcher import ServerProcess
+from modelyard.names import ModelName
 from modelyard.store import (
     ONNX_FILE_MEDIA_TYPE,
     TITLE_ANNOTATION,
@@ -27,7 +26,7 @@ from modelyard.store import (
     ModelStore,
     onnx_model_config,
 )
-from modelyard.names import ModelName
+from support.registry import LocalRegistry
 
 FILES = ["chat_template.jinja", "genai_config.json", "model.onnx", "model.onnx.data", "tokenizer.json", "tokenizer_config.json"]
 
