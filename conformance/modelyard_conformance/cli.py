@@ -47,7 +47,7 @@ def conformance_main(argv: list[str] | None = None) -> int:
         print(__doc__.strip())
         print("\nSuite options (see also `pytest --help`, section modelyard-conformance):")
         print("  --backend NAME | --base-url URL, --model MODEL (default smollm2:135m), --expectations FILE,")
-        print("  --capability NAME, --server-env KEY=VALUE, --models-dir DIR, --no-extensions,")
+        print("  --capability NAME, --server-env KEY=VALUE, --models-dir DIR, --create-from PATH, --no-extensions,")
         print("  --conformance-report PATH")
         return 0
     if "--self-check" in argv:

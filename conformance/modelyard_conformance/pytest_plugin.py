@@ -55,6 +55,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="an environment variable for the server that --backend starts")
     group.addoption("--models-dir", dest="conformance_models_dir", metavar="DIR",
                     help="with --backend: serve this model store instead of a temporary one")
+    group.addoption("--create-from", dest="conformance_create_from", metavar="PATH",
+                    help="create --model from PATH before the run: a Modelfile, a model folder (ONNX) or a GGUF file")
     group.addoption("--no-extensions", dest="conformance_no_extensions", action="store_true",
                     help="skip the cases of modelyard's extensions to the Ollama API (for other servers)")
     group.addoption("--conformance-report", dest="conformance_report", metavar="PATH",

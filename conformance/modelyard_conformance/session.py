@@ -34,6 +34,8 @@ class ConformanceState:
         self.server_env_items: list[str] = config.getoption("conformance_server_env")
         models_dir = config.getoption("conformance_models_dir")
         self.models_dir = Path(models_dir) if models_dir else None
+        create_from = config.getoption("conformance_create_from")
+        self.create_from = Path(create_from) if create_from else None
         self.expectations = self._expectations(config.getoption("conformance_expectations"))
         self.started = time.monotonic()
         self.report = Report()
@@ -65,6 +67,8 @@ class ConformanceState:
         for item in self.server_env_items:
             if "=" not in item:
                 raise pytest.UsageError(f"--server-env {item!r}: expected KEY=VALUE")
+        if self.create_from is not None and not self.create_from.exists():
+            raise pytest.UsageError(f"--create-from {self.create_from}: no such file or folder")
 
     def target(self) -> Target:
         """The server under test, started or reached at the first case that needs it."""
@@ -79,10 +83,14 @@ class ConformanceState:
                         env=dict(item.split("=", 1) for item in self.server_env_items),
                         models_dir=self.models_dir,
                         extra_capabilities=self.capabilities,
+                        create_from=self.create_from,
                     )
                 else:
                     self._target = Target.connect(
-                        self.base_url or "", self.model or "", extra_capabilities=self.capabilities
+                        self.base_url or "",
+                        self.model or "",
+                        extra_capabilities=self.capabilities,
+                        create_from=self.create_from,
                     )
             except Exception as exc:
                 self._target_error = exc

@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from modelyard.modelfile import ModelfileError, create_request, source_modelfile
 from modelyard.names import ModelName
+from modelyard.store import sha256_file
 
 from .fake_registry import FakeRegistry
 
@@ -100,8 +102,10 @@ class Target:
         env: Mapping[str, str] = {},
         models_dir: Path | None = None,
         extra_capabilities: tuple[str, ...] = (),
+        create_from: Path | None = None,
     ) -> Target:
-        """A `modelyard serve` subprocess with only `backend` loaded, on a free port."""
+        """A `modelyard serve` subprocess with only `backend` loaded, on a free port; with `create_from`,
+        the model under test is created in its store from that Modelfile, model folder or GGUF file."""
         from modelyard.launcher import ServerProcess
 
         workdir = Path(tempfile.mkdtemp(prefix="modelyard-conformance-"))
@@ -116,6 +120,8 @@ class Target:
             process.url, model, backend=backend, extra_capabilities=extra_capabilities, process=process, workdir=workdir
         )
         try:
+            if create_from is not None:
+                target.create_model(create_from)
             target.probe()
         except TargetError:
             target.close()
@@ -123,10 +129,41 @@ class Target:
         return target
 
     @classmethod
-    def connect(cls, base_url: str, model: str, *, extra_capabilities: tuple[str, ...] = ()) -> Target:
+    def connect(
+        cls, base_url: str, model: str, *, extra_capabilities: tuple[str, ...] = (), create_from: Path | None = None
+    ) -> Target:
         target = cls(base_url, model, extra_capabilities=extra_capabilities)
-        target.probe()
+        try:
+            if create_from is not None:
+                target.create_model(create_from)
+            target.probe()
+        except TargetError:
+            target.close()
+            raise
         return target
+
+    def upload(self, path: Path) -> str:
+        """A local file as a blob of the server (unless it has it already); its digest."""
+        digest = "sha256:" + sha256_file(path)
+        if self.http.head(f"/api/blobs/{digest}").status_code != 200:
+            with open(path, "rb") as file:
+                uploaded = self.http.post(f"/api/blobs/{digest}", content=file)
+            if uploaded.status_code not in (200, 201):
+                raise TargetError(f"uploading {path} answered {uploaded.status_code} {uploaded.text[:200]}")
+        return digest
+
+    def create_model(self, source: Path) -> None:
+        """Create the model under test from a Modelfile, a model folder or a GGUF file, as `modelyard create`."""
+        try:
+            modelfile, base = source_modelfile(source)
+            body = create_request(modelfile, base, self.upload)
+            created = self.http.post("/api/create", json={**body, "model": self.model, "stream": False}, timeout=600)
+        except (OSError, ModelfileError, httpx.HTTPError) as exc:
+            raise TargetError(f"could not create {self.model} from {source}: {exc}") from exc
+        if created.status_code != 200:
+            raise TargetError(
+                f"could not create {self.model} from {source}: /api/create answered {created.status_code} {created.text[:300]}"
+            )
 
     def probe(self) -> None:
         """Learn the server's version and the model's capabilities; fail early if the model is not there."""

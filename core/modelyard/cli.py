@@ -19,7 +19,7 @@ import httpx
 
 from . import __version__
 from .config import base_url
-from .modelfile import ModelfileError, parse_modelfile
+from .modelfile import ModelfileError, create_request, parse_modelfile
 from .store import sha256_file
 
 
@@ -319,36 +319,10 @@ def create(client: Client, args: argparse.Namespace) -> int:
     modelfile_path = Path(args.file)
     try:
         modelfile = parse_modelfile(modelfile_path.read_text())
+        body = create_request(modelfile, modelfile_path.parent, lambda path: _upload(client, path))
     except (OSError, ModelfileError) as exc:
         raise ServerError(f"{modelfile_path}: {exc}") from exc
-    body: dict[str, Any] = {"model": args.model}
-    source = (modelfile_path.parent / Path(modelfile.from_).expanduser())
-    if source.is_dir():
-        # A model folder (ONNX Runtime GenAI): every file, by its path inside the folder.
-        found = sorted(
-            p for p in source.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)
-        )
-        if not found:
-            raise ServerError(f"{modelfile.from_}: the folder has no files")
-        body["files"] = {p.relative_to(source).as_posix(): _upload(client, p) for p in found}
-    elif modelfile.from_.startswith((".", "/", "~")) or source.is_file():
-        if not source.is_file():
-            raise ServerError(f"{modelfile.from_}: no such file")
-        body["files"] = {source.name: _upload(client, source)}
-    else:
-        body["from"] = modelfile.from_
-    if modelfile.adapters:
-        adapter = modelfile_path.parent / Path(modelfile.adapters[0]).expanduser()
-        body["adapters"] = {adapter.name: _upload(client, adapter)}
-    for field, value in (("template", modelfile.template), ("system", modelfile.system)):
-        if value is not None:
-            body[field] = value
-    if modelfile.parameters:
-        body["parameters"] = modelfile.parameters
-    if modelfile.messages:
-        body["messages"] = modelfile.messages
-    if modelfile.licenses:
-        body["license"] = modelfile.licenses
+    body["model"] = args.model
     if args.quantize:
         body["quantize"] = args.quantize
     return _stream_progress(client, "/api/create", body)

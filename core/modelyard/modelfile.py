@@ -6,6 +6,10 @@ lines starting with # are comments.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import msgspec
 
 INSTRUCTIONS = ("from", "parameter", "template", "system", "message", "license", "adapter")
@@ -87,3 +91,49 @@ def parse_modelfile(text: str) -> Modelfile:
     if not result.from_:
         raise ModelfileError("no FROM line")
     return result
+
+
+def source_modelfile(path: Path) -> tuple[Modelfile, Path]:
+    """The Modelfile at `path`, or `FROM path` for a model file or folder; and the folder FROM is relative to."""
+    if path.is_dir() or path.suffix.lower() == ".gguf":
+        return Modelfile(from_=str(path.resolve())), path.parent
+    return parse_modelfile(path.read_text()), path.parent
+
+
+def create_request(modelfile: Modelfile, base: Path, upload: Callable[[Path], str]) -> dict[str, Any]:
+    """The body of /api/create for `modelfile` (without the model's name).
+
+    A FROM naming a folder (ONNX Runtime GenAI) or a file, relative to `base`, is uploaded with `upload`
+    (path -> digest); any other FROM names a model.
+    """
+    body: dict[str, Any] = {}
+    source = base / Path(modelfile.from_).expanduser()
+    if source.is_dir():
+        # A model folder: every file but hidden ones, by its path inside the folder.
+        found = sorted(
+            p
+            for p in source.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)
+        )
+        if not found:
+            raise ModelfileError(f"{modelfile.from_}: the folder has no files")
+        body["files"] = {p.relative_to(source).as_posix(): upload(p) for p in found}
+    elif modelfile.from_.startswith((".", "/", "~")) or source.is_file():
+        if not source.is_file():
+            raise ModelfileError(f"{modelfile.from_}: no such file")
+        body["files"] = {source.name: upload(source)}
+    else:
+        body["from"] = modelfile.from_
+    if modelfile.adapters:
+        adapter = base / Path(modelfile.adapters[0]).expanduser()
+        body["adapters"] = {adapter.name: upload(adapter)}
+    for field, value in (("template", modelfile.template), ("system", modelfile.system)):
+        if value is not None:
+            body[field] = value
+    if modelfile.parameters:
+        body["parameters"] = modelfile.parameters
+    if modelfile.messages:
+        body["messages"] = modelfile.messages
+    if modelfile.licenses:
+        body["license"] = modelfile.licenses
+    return body

@@ -85,10 +85,18 @@ def ensure_build_venv(folder: Path, base_python: str | None = None) -> str:
 
 
 def run_conversion(
-    python: str, source: Path, out: Path, *, tiny: bool = False, precision: str = "int4", algo: str | None = None
+    python: str,
+    source: Path,
+    out: Path,
+    *,
+    tiny: bool = False,
+    precision: str = "int4",
+    algo: str | None = None,
+    provider: str = "cpu",
 ) -> None:
     """Run `convert()` in another Python (one that has the conversion packages)."""
     command = [python, str(Path(__file__).resolve()), str(source), str(out), "--precision", precision]
+    command += ["--provider", provider]
     if tiny:
         command.append("--tiny")
     if algo:
@@ -96,7 +104,7 @@ def run_conversion(
     _run(command)
 
 
-def cached_conversion(source: Path, cache: Path, *, precision: str = "int4") -> Path:
+def cached_conversion(source: Path, cache: Path, *, precision: str = "int4", provider: str = "cpu") -> Path:
     """The conversion of `source` under `cache`, made once (with a build venv in `cache/onnx-build`).
 
     The folder is named by the source's digest and this converter's version, and renamed into place
@@ -106,16 +114,17 @@ def cached_conversion(source: Path, cache: Path, *, precision: str = "int4") -> 
     with open(source, "rb") as file:
         while block := file.read(1 << 20):
             digest.update(block)
-    key = hashlib.sha256(f"{digest.hexdigest()}-{precision}-{VERSION}".encode()).hexdigest()[:16]
+    variant = precision if provider == "cpu" else f"{precision}-{provider}"
+    key = hashlib.sha256(f"{digest.hexdigest()}-{variant}-{VERSION}".encode()).hexdigest()[:16]
     name = "-".join(part for part in re.split(r"[^a-z0-9]+", source.stem.lower()) if part)
-    folder = cache / f"onnx-{name}-{precision}-{key}"
+    folder = cache / f"onnx-{name}-{variant}-{key}"
     if (folder / "genai_config.json").is_file():
         return folder
     python = ensure_build_venv(cache / "onnx-build")
     cache.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=".building-", dir=cache))
     try:
-        run_conversion(python, source, building / "model", precision=precision)
+        run_conversion(python, source, building / "model", precision=precision, provider=provider)
         try:
             (building / "model").rename(folder)
         except OSError:  # another run finished first
@@ -148,8 +157,20 @@ def _hf_folder(source: Path, folder: Path, tiny: bool) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def convert(source: Path, out: Path, *, tiny: bool = False, precision: str = "int4", algo: str | None = None) -> None:
+def convert(
+    source: Path,
+    out: Path,
+    *,
+    tiny: bool = False,
+    precision: str = "int4",
+    algo: str | None = None,
+    provider: str = "cpu",
+) -> None:
     """Write the ONNX GenAI folder for the GGUF `source` into `out` (replaced if it exists).
+
+    `provider` is the execution provider the graph is built for (the builder's `-e`): a folder built for
+    `cpu` computes in fp32 and also loads on CUDA, where the attention runs on the CPU; one built for
+    `cuda` computes in fp16 there.
 
     int4 uses the builder's `k_quant` unless `algo` says otherwise. A 4-bit GGUF quantized again to int4
     loses more: for a small model, `int8` keeps the GGUF's weights nearly exactly (docs/onnx.md).
@@ -164,7 +185,7 @@ def convert(source: Path, out: Path, *, tiny: bool = False, precision: str = "in
             extra.append(f"algo_config={algo}")
         command = [
             sys.executable, "-m", "onnxruntime_genai.models.builder",
-            "-i", str(hf), "-o", str(built), "-p", precision, "-e", "cpu", "-c", str(Path(work) / "cache"),
+            "-i", str(hf), "-o", str(built), "-p", precision, "-e", provider, "-c", str(Path(work) / "cache"),
             "--extra_options", *extra,
         ]  # fmt: skip
         _run(command)
@@ -178,18 +199,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="the GGUF file")
     parser.add_argument("out", type=Path, help="the ONNX GenAI folder to write")
-    parser.add_argument("--precision", default="int4", choices=["int4", "int8", "fp32"], help="default int4 (CPU)")
+    parser.add_argument("--precision", default="int4", choices=["int4", "int8", "fp16", "fp32"], help="default int4")
+    parser.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "dml"], help="build the graph for this provider")
     parser.add_argument("--algo", help="int4 quantization: k_quant (default), rtn, default... (the builder's algo_config)")
     parser.add_argument("--tiny", action="store_true", help="a small random network with the GGUF's tokenizer")
     parser.add_argument("--venv", type=Path, help="make and use a virtual environment there for the conversion")
     args = parser.parse_args(argv)
     if args.venv is not None:
         python = ensure_build_venv(args.venv)
-        run_conversion(python, args.source.resolve(), args.out.resolve(), tiny=args.tiny, precision=args.precision, algo=args.algo)
+        run_conversion(
+            python,
+            args.source.resolve(),
+            args.out.resolve(),
+            tiny=args.tiny,
+            precision=args.precision,
+            algo=args.algo,
+            provider=args.provider,
+        )
         return 0
     if not has_build_packages():
         parser.error("this Python lacks " + " ".join(BUILD_PACKAGES) + ": install them or give --venv DIR")
-    convert(args.source.resolve(), args.out.resolve(), tiny=args.tiny, precision=args.precision, algo=args.algo)
+    convert(
+        args.source.resolve(),
+        args.out.resolve(),
+        tiny=args.tiny,
+        precision=args.precision,
+        algo=args.algo,
+        provider=args.provider,
+    )
     return 0
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from modelyard.launcher import ServerProcess
 from modelyard_conformance.schema import cases_dir, load_cases
+from support.suite import every_test
 
 MODEL = "smollm2:135m"
 REPO = Path(__file__).resolve().parents[2]
@@ -18,23 +19,10 @@ SERVER_ENV = {"MODELYARD_BUNDLED_MODELS": MODEL}
 ONLY_SMOLLM2 = ["--server-env", f"MODELYARD_BUNDLED_MODELS={MODEL}"]
 
 
-def every_test(cases=None) -> set[str]:
-    """Every test a full run has: one per case and streaming mode."""
-    return {
-        case.id if mode is None else f"{case.id}[{mode}]"
-        for case in cases or load_cases()
-        for mode in case.modes
-    }
-
-
-def reported(run) -> set[str]:
-    return {f"{r['case']}[{r['mode']}]" if r["mode"] else r["case"] for r in run.report["results"]}
-
-
 def test_echo_backend_passes_the_suite(echo_run) -> None:
     returncode = echo_run.returncode
     assert returncode == 0, echo_run.explain()
-    assert reported(echo_run) == every_test()
+    assert echo_run.reported() == every_test()
     assert echo_run.report["target"]["backend"] == "echo"
     assert "completion" in echo_run.report["target"]["capabilities"]
 
@@ -43,7 +31,7 @@ def test_echo_backend_passes_the_suite(echo_run) -> None:
 def test_llamacpp_backend_passes_the_suite(llamacpp_run) -> None:
     returncode = llamacpp_run.returncode
     assert returncode == 0, llamacpp_run.explain()
-    assert reported(llamacpp_run) == every_test()
+    assert llamacpp_run.reported() == every_test()
     assert llamacpp_run.results("passed"), "the real model must pass the generation cases, not skip them"
 
 
@@ -105,7 +93,7 @@ def test_base_url_mode_runs_against_a_separate_server(suite, tmp_path: Path) -> 
     returncode = run.returncode
     assert returncode == 0, run.explain()
     assert run.report["target"]["mode"] == "base-url"
-    assert reported(run) == every_test()
+    assert run.reported() == every_test()
 
 
 def test_the_cli_defaults_to_the_server_at_ollama_host(suite, tmp_path: Path) -> None:
@@ -283,7 +271,7 @@ def test_an_out_of_tree_backend_plugin_passes_the_suite(suite, tmp_path: Path) -
     returncode = run.returncode
     assert returncode == 0, run.explain()
     assert run.report["target"]["backend"] == "reverse"
-    assert reported(run) == every_test()
+    assert run.reported() == every_test()
     passed = run.results("passed")
     assert "generate/error-after-the-first-chunk-is-a-final-error-line[stream]" in passed
     assert "generate/error-before-the-first-chunk-gets-its-status[stream]" in passed
