@@ -183,14 +183,14 @@ async def iterate_in_thread(produce: Callable[[threading.Event], Iterator[T]]) -
             yield item
     finally:
         stop.set()
-        await _wait_uncancellable(worker)
+        await wait_uncancellable(worker)
 
 
 class _Raised(msgspec.Struct):
     exception: BaseException
 
 
-async def _wait_uncancellable(future: asyncio.Future[Any]) -> None:
+async def wait_uncancellable(future: asyncio.Future[Any]) -> None:
     """Wait for a worker thread even while being cancelled: the engine must be idle before reuse."""
     cancelled = False
     while not future.done():

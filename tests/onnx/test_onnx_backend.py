@@ -13,7 +13,8 @@ import pytest
 from modelyard.errors import BackendUnavailable, BadRequest
 from modelyard.options import Options
 from modelyard.plugins import Backends, build_plugin_manager
-from modelyard_onnx import OnnxBackend, OnnxModel, OnnxSettings, check_provider
+from modelyard_onnx import OnnxBackend, OnnxSettings, check_provider
+from modelyard_onnx.engine import Engine
 
 
 def discover(env: dict[str, str]) -> OnnxBackend:
@@ -57,11 +58,8 @@ def test_missing_engine_gives_the_install_hint(monkeypatch):
         asyncio.run(OnnxBackend(OnnxSettings()).load(object(), Options()))
 
 
-def bare_model() -> OnnxModel:
-    model = OnnxModel.__new__(OnnxModel)
-    model.n_ctx = 4096
-    model._guidance = None
-    return model
+def bare_model() -> Engine:
+    return Engine(og=None, engine=None, tokenizer=None, n_ctx=4096)
 
 
 def test_options_become_search_options():
