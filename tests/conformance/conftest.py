@@ -8,6 +8,7 @@ once per session: the suite tests and the matrix freshness test read the same re
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from support.suite import SuiteRun, run_suite
@@ -15,6 +16,8 @@ from support.suite import SuiteRun, run_suite
 MODEL = "smollm2:135m"
 # Servers the suite starts enter only SmolLM2 into their stores (assembling Gemma 3 costs a second and 250 MB).
 ONLY_SMOLLM2 = ["--server-env", f"MODELYARD_BUNDLED_MODELS={MODEL}"]
+# The onnx runs enter their model with --create-from, into a store without the bundled models.
+NO_BUNDLED = ["--server-env", "MODELYARD_BUNDLED_MODELS=none"]
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +36,19 @@ def echo_run(tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
 def llamacpp_run(tmp_path_factory: pytest.TempPathFactory) -> SuiteRun:
     report = tmp_path_factory.mktemp("llamacpp") / "report.json"
     return run_suite(["--backend", "llamacpp", "--model", MODEL, *ONLY_SMOLLM2], report, timeout=420)
+
+
+@pytest.fixture(scope="session")
+def onnx_tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_folder: Path) -> SuiteRun:
+    """The onnx backend on the random-weight tiny model, with its expectations file (onnx-tiny)."""
+    report = tmp_path_factory.mktemp("onnx-tiny") / "report.json"
+    arguments = ["--backend", "onnx", "--model", "tiny-smollm2", "--create-from", str(tiny_folder), *NO_BUNDLED]
+    return run_suite([*arguments, "--expectations", "onnx-tiny"], report)
+
+
+@pytest.fixture(scope="session")
+def onnx_real_run(tmp_path_factory: pytest.TempPathFactory, real_folder: Path) -> SuiteRun:
+    """The onnx backend on SmolLM2 converted from the bundled GGUF, with no expectations file."""
+    report = tmp_path_factory.mktemp("onnx-real") / "report.json"
+    arguments = ["--backend", "onnx", "--model", MODEL, "--create-from", str(real_folder), *NO_BUNDLED]
+    return run_suite(arguments, report, timeout=420)

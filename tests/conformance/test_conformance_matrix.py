@@ -17,8 +17,8 @@ DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "compatibility.md"
 
 
 @pytest.mark.slow
-def test_the_compatibility_matrix_is_fresh(echo_run, llamacpp_run) -> None:
-    fresh = render([echo_run.report, llamacpp_run.report])
+def test_the_compatibility_matrix_is_fresh(echo_run, llamacpp_run, onnx_tiny_run, onnx_real_run) -> None:
+    fresh = render([run.report for run in (echo_run, llamacpp_run, onnx_tiny_run, onnx_real_run)])
     text = DOCUMENT.read_text(encoding="utf-8")
     if os.environ.get("MODELYARD_UPDATE_MATRIX"):
         DOCUMENT.write_text(replace_section(text, fresh), encoding="utf-8")

@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import httpx
 import pytest
 
 from modelyard.launcher import ServerProcess
@@ -17,6 +18,7 @@ MODEL = "smollm2:135m"
 REPO = Path(__file__).resolve().parents[2]
 SERVER_ENV = {"MODELYARD_BUNDLED_MODELS": MODEL}
 ONLY_SMOLLM2 = ["--server-env", f"MODELYARD_BUNDLED_MODELS={MODEL}"]
+NO_BUNDLED = ["--server-env", "MODELYARD_BUNDLED_MODELS=none"]
 
 
 def test_echo_backend_passes_the_suite(echo_run) -> None:
@@ -33,6 +35,67 @@ def test_llamacpp_backend_passes_the_suite(llamacpp_run) -> None:
     assert returncode == 0, llamacpp_run.explain()
     assert llamacpp_run.reported() == every_test()
     assert llamacpp_run.results("passed"), "the real model must pass the generation cases, not skip them"
+
+
+def test_the_onnx_backend_passes_the_suite_on_the_tiny_model_but_its_known_gaps(onnx_tiny_run) -> None:
+    """Random weights pass every case but the four that need sensible text, which are strict xfails."""
+    run = onnx_tiny_run
+    assert run.returncode == 0, run.explain()
+    assert run.reported() == every_test()
+    assert run.report["target"]["backend"] == "onnx"
+    assert "format:onnx" in run.report["target"]["capabilities"]
+    assert run.results("xfailed") == sorted(
+        f"{kind}/{case}[{mode}]"
+        for kind in ("generate", "chat")
+        for case in ("stop-sequence-ends-the-answer", "format-json-gives-json")
+        for mode in ("stream", "no-stream")
+    ), run.output
+
+
+@pytest.mark.slow
+def test_the_onnx_backend_passes_the_whole_suite_on_the_converted_smollm2(onnx_real_run) -> None:
+    """The real model, with no expectations file: the cases that need sensible text pass too."""
+    run = onnx_real_run
+    assert run.returncode == 0, run.explain()
+    assert run.reported() == every_test()
+    assert not run.results("xfailed")
+    assert "generate/stop-sequence-ends-the-answer[stream]" in run.results("passed")
+    assert "chat/format-json-gives-json[no-stream]" in run.results("passed")
+
+
+def test_a_missing_create_from_path_is_a_usage_error(suite, tmp_path: Path) -> None:
+    run = suite(
+        ["--backend", "onnx", "--model", "m", "--create-from", str(tmp_path / "absent"), *NO_BUNDLED],
+        tmp_path / "report.json",
+    )
+    assert run.returncode == 4, run.output  # pytest's usage error
+    assert "--create-from" in run.output and "no such file or folder" in run.output
+
+
+def test_a_model_the_server_refuses_to_create_stops_the_run_with_its_error(suite, tmp_path: Path) -> None:
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    (folder / "genai_config.json").write_text("{}")
+    run = suite(
+        ["--backend", "onnx", "--model", "m", "--create-from", str(folder), *NO_BUNDLED, "-x"],
+        tmp_path / "report.json",
+    )
+    assert run.returncode != 0
+    assert "could not create m" in run.output and "/api/create answered 400" in run.output, run.output
+
+
+def test_create_from_takes_a_modelfile_in_base_url_mode(suite, tmp_path: Path) -> None:
+    """A Modelfile FROM the bundled model with a SYSTEM prompt, created on a running server."""
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text(f"FROM {MODEL}\nSYSTEM You are terse.\n")
+    with ServerProcess(tmp_path / "models", {"MODELYARD_BACKENDS": "echo", **SERVER_ENV}) as server:
+        run = suite(
+            ["--base-url", server.url, "--model", "terse:latest", "--create-from", str(modelfile), "-k", "show/"],
+            tmp_path / "report.json",
+        )
+        shown = httpx.post(server.url + "/api/show", json={"model": "terse"}).json()
+    assert run.returncode == 0, run.explain()
+    assert shown["system"] == "You are terse."
 
 
 def test_known_gaps_are_strict_xfails_with_their_issue(suite, tmp_path: Path) -> None:

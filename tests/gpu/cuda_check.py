@@ -109,11 +109,21 @@ def nvidia_smi(*arguments: str) -> str:
     return subprocess.run(["nvidia-smi", *arguments], capture_output=True, text=True).stdout
 
 
+def family(pid: int) -> set[int]:
+    """`pid` and its descendants (the server runs each ONNX model in a child process)."""
+    found = {pid}
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in task.read_text().split():
+            found |= family(int(child))
+    return found
+
+
 def gpu_memory_of(pid: int) -> int:
-    """MiB of GPU memory that process `pid` holds, from nvidia-smi (0 if none)."""
+    """MiB of GPU memory that process `pid` and its children hold, from nvidia-smi (0 if none)."""
+    pids = family(pid)
     listing = nvidia_smi("--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits")
     return sum(int(used) for line in listing.splitlines() if "," in line
-               for process, used in [line.split(",")] if int(process) == pid)  # fmt: skip
+               for process, used in [line.split(",")] if int(process) in pids)  # fmt: skip
 
 
 def decode(folder: Path, work: Path, provider: str) -> dict[str, Any]:
