@@ -119,28 +119,24 @@ class Target:
         target = cls(
             process.url, model, backend=backend, extra_capabilities=extra_capabilities, process=process, workdir=workdir
         )
-        try:
-            if create_from is not None:
-                target.create_model(create_from)
-            target.probe()
-        except TargetError:
-            target.close()
-            raise
-        return target
+        return target.prepare(create_from)
 
     @classmethod
     def connect(
         cls, base_url: str, model: str, *, extra_capabilities: tuple[str, ...] = (), create_from: Path | None = None
     ) -> Target:
-        target = cls(base_url, model, extra_capabilities=extra_capabilities)
+        return cls(base_url, model, extra_capabilities=extra_capabilities).prepare(create_from)
+
+    def prepare(self, create_from: Path | None) -> Target:
+        """Create the model under test if asked, then probe the server; closed again if either fails."""
         try:
             if create_from is not None:
-                target.create_model(create_from)
-            target.probe()
+                self.create_model(create_from)
+            self.probe()
         except TargetError:
-            target.close()
+            self.close()
             raise
-        return target
+        return self
 
     def upload(self, path: Path) -> str:
         """A local file as a blob of the server (unless it has it already); its digest."""

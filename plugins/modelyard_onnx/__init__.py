@@ -135,13 +135,18 @@ class OnnxModel:
         self.size = weights + _kv_cache_bytes(model, opening.n_ctx, opening.provider)
         self.size_vram = 0 if opening.provider == "cpu" else self.size
         self.process: asyncio.subprocess.Process | None = None
-        self._decoder = msgspec.msgpack.Decoder(Reply)
+        # A task reads the engine's replies into a queue, so that a request cancelled while it waits
+        # never leaves half a message read; None in the queue: the engine ended.
+        self._replies: asyncio.Queue[Any] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start the engine process and load the model in it."""
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "modelyard_onnx.engine", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
+        self._replies = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read_replies(self.process.stdout, self._replies))
         try:
             await self._send(self.opening)
             answer = await self._receive()
@@ -164,14 +169,25 @@ class OnnxModel:
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise EngineGone from exc
 
-    async def _receive(self) -> Any:
-        assert self.process is not None and self.process.stdout is not None
+    @staticmethod
+    async def _read_replies(stdout: asyncio.StreamReader | None, replies: asyncio.Queue[Any]) -> None:
+        assert stdout is not None
+        decoder = msgspec.msgpack.Decoder(Reply)
         try:
-            (size,) = HEADER.unpack(await self.process.stdout.readexactly(HEADER.size))
-            return self._decoder.decode(await self.process.stdout.readexactly(size))
-        except asyncio.IncompleteReadError as exc:
+            while True:
+                (size,) = HEADER.unpack(await stdout.readexactly(HEADER.size))
+                replies.put_nowait(decoder.decode(await stdout.readexactly(size)))
+        except asyncio.IncompleteReadError:
+            replies.put_nowait(None)
+
+    async def _receive(self) -> Any:
+        assert self.process is not None
+        reply = await self._replies.get()
+        if reply is None:
+            self._replies.put_nowait(None)  # every later read sees the end too
             await self.process.wait()
-            raise EngineGone from exc
+            raise EngineGone
+        return reply
 
     async def generate(self, completion: Completion) -> AsyncIterator[Event]:
         if self.process is None or self.process.returncode is not None:
@@ -208,6 +224,8 @@ class OnnxModel:
 
     async def close(self) -> None:
         process, self.process = self.process, None
+        if self._reader is not None:
+            self._reader.cancel()
         if process is not None and process.returncode is None:
             assert process.stdin is not None
             process.stdin.close()  # the end of its input ends the engine
