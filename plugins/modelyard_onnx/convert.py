@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 # Bump when the output of a conversion changes: caches key on it.
@@ -84,24 +85,33 @@ def ensure_build_venv(folder: Path, base_python: str | None = None) -> str:
     return str(python)
 
 
-def run_conversion(
-    python: str,
-    source: Path,
-    out: Path,
-    *,
-    tiny: bool = False,
-    precision: str = "int4",
-    algo: str | None = None,
-    provider: str = "cpu",
-) -> None:
+@dataclass(frozen=True)
+class Recipe:
+    """How to convert: the precision and provider the graph is built for, the int4 method, tiny or not.
+
+    `provider` is the execution provider the graph is built for (the builder's `-e`): a folder built for
+    `cpu` computes in fp32 and also loads on CUDA, where the attention runs on the CPU; one built for
+    `cuda` computes in fp16 there. int4 uses the builder's `k_quant` unless `algo` says otherwise. A
+    4-bit GGUF quantized again to int4 loses more: for a small model, `int8` keeps the GGUF's weights
+    nearly exactly (docs/onnx.md).
+    """
+
+    precision: str = "int4"
+    provider: str = "cpu"
+    algo: str | None = None
+    tiny: bool = False
+
+    def arguments(self) -> list[str]:
+        """The command-line options that ask `main` for this recipe."""
+        options = ["--precision", self.precision, "--provider", self.provider]
+        if self.algo:
+            options += ["--algo", self.algo]
+        return options + (["--tiny"] if self.tiny else [])
+
+
+def run_conversion(python: str, source: Path, out: Path, recipe: Recipe = Recipe()) -> None:
     """Run `convert()` in another Python (one that has the conversion packages)."""
-    command = [python, str(Path(__file__).resolve()), str(source), str(out), "--precision", precision]
-    command += ["--provider", provider]
-    if tiny:
-        command.append("--tiny")
-    if algo:
-        command += ["--algo", algo]
-    _run(command)
+    _run([python, str(Path(__file__).resolve()), str(source), str(out), *recipe.arguments()])
 
 
 def cached_conversion(source: Path, cache: Path, *, precision: str = "int4", provider: str = "cpu") -> Path:
@@ -124,7 +134,7 @@ def cached_conversion(source: Path, cache: Path, *, precision: str = "int4", pro
     cache.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=".building-", dir=cache))
     try:
-        run_conversion(python, source, building / "model", precision=precision, provider=provider)
+        run_conversion(python, source, building / "model", Recipe(precision=precision, provider=provider))
         try:
             (building / "model").rename(folder)
         except OSError:  # another run finished first
@@ -157,35 +167,19 @@ def _hf_folder(source: Path, folder: Path, tiny: bool) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def convert(
-    source: Path,
-    out: Path,
-    *,
-    tiny: bool = False,
-    precision: str = "int4",
-    algo: str | None = None,
-    provider: str = "cpu",
-) -> None:
-    """Write the ONNX GenAI folder for the GGUF `source` into `out` (replaced if it exists).
-
-    `provider` is the execution provider the graph is built for (the builder's `-e`): a folder built for
-    `cpu` computes in fp32 and also loads on CUDA, where the attention runs on the CPU; one built for
-    `cuda` computes in fp16 there.
-
-    int4 uses the builder's `k_quant` unless `algo` says otherwise. A 4-bit GGUF quantized again to int4
-    loses more: for a small model, `int8` keeps the GGUF's weights nearly exactly (docs/onnx.md).
-    """
-    algo = algo or ("default" if tiny else "k_quant")
+def convert(source: Path, out: Path, recipe: Recipe = Recipe()) -> None:
+    """Write the ONNX GenAI folder for the GGUF `source` into `out` (replaced if it exists)."""
+    algo = recipe.algo or ("default" if recipe.tiny else "k_quant")
     with tempfile.TemporaryDirectory(prefix="modelyard-convert-") as work:
         hf = Path(work) / "hf"
-        _hf_folder(source, hf, tiny)
+        _hf_folder(source, hf, recipe.tiny)
         built = Path(work) / "onnx"
         extra = ["hf_token=false"]
-        if precision == "int4":
+        if recipe.precision == "int4":
             extra.append(f"algo_config={algo}")
         command = [
             sys.executable, "-m", "onnxruntime_genai.models.builder",
-            "-i", str(hf), "-o", str(built), "-p", precision, "-e", provider, "-c", str(Path(work) / "cache"),
+            "-i", str(hf), "-o", str(built), "-p", recipe.precision, "-e", recipe.provider, "-c", str(Path(work) / "cache"),
             "--extra_options", *extra,
         ]  # fmt: skip
         _run(command)
@@ -205,28 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="a small random network with the GGUF's tokenizer")
     parser.add_argument("--venv", type=Path, help="make and use a virtual environment there for the conversion")
     args = parser.parse_args(argv)
+    recipe = Recipe(precision=args.precision, provider=args.provider, algo=args.algo, tiny=args.tiny)
     if args.venv is not None:
-        python = ensure_build_venv(args.venv)
-        run_conversion(
-            python,
-            args.source.resolve(),
-            args.out.resolve(),
-            tiny=args.tiny,
-            precision=args.precision,
-            algo=args.algo,
-            provider=args.provider,
-        )
+        run_conversion(ensure_build_venv(args.venv), args.source.resolve(), args.out.resolve(), recipe)
         return 0
     if not has_build_packages():
         parser.error("this Python lacks " + " ".join(BUILD_PACKAGES) + ": install them or give --venv DIR")
-    convert(
-        args.source.resolve(),
-        args.out.resolve(),
-        tiny=args.tiny,
-        precision=args.precision,
-        algo=args.algo,
-        provider=args.provider,
-    )
+    convert(args.source.resolve(), args.out.resolve(), recipe)
     return 0
 
 
