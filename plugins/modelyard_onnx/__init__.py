@@ -190,8 +190,8 @@ class OnnxModel:
         return reply
 
     async def generate(self, completion: Completion) -> AsyncIterator[Event]:
-        if self.process is None or self.process.returncode is not None:
-            await self.start()  # the engine died with an earlier request: load the model again
+        if self.process is None or self.process.returncode is not None or self._reader is None or self._reader.done():
+            await self.start()  # the engine ended since the last request: load the model again
         finished = False
         try:
             await self._send(Generate(completion))
