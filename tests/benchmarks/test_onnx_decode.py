@@ -39,9 +39,12 @@ PROMPT = "Write a long story about a lighthouse keeper and the sea."
 
 
 class Timing:
-    def __init__(self, first: float, last: float, count: int, engine_first: float | None = None) -> None:
+    def __init__(
+        self, first: float, last: float, count: int, engine_first: float | None = None, engine_rate: float | None = None
+    ) -> None:
         self.first, self.last, self.count = first, last, count
         self.engine_first = first if engine_first is None else engine_first  # the backend's own share
+        self.engine_rate = engine_rate  # tokens/s by the backend's own clock (eval_count / eval_duration)
 
     @property
     def rate(self) -> float:
@@ -88,7 +91,8 @@ def time_server(url: str, model: str, prompt: str) -> Timing:
                     stamps.append(time.perf_counter())
                 else:
                     prompt_eval = chunk["prompt_eval_duration"] / 1e9
-    return Timing(stamps[0] - started, stamps[-1] - started, len(stamps), prompt_eval)
+                    engine_rate = (chunk["eval_count"] - 1) / (chunk["eval_duration"] / 1e9)
+    return Timing(stamps[0] - started, stamps[-1] - started, len(stamps), prompt_eval, engine_rate)
 
 
 def time_raw(og, engine, tokenizer, prompt: str) -> Timing:

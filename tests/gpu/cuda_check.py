@@ -168,6 +168,9 @@ def decode(folder: Path, work: Path, provider: str) -> dict[str, Any]:
         "raw_ttft_ms": round(ttft_ms(raw), 1),
         "ttft_extra_ms_vs_raw": round(ttft_ms(ours) - ttft_ms(raw), 1),
         "server_prompt_eval_ms": round(1000 * statistics.median(t.engine_first for t in ours), 1),
+        # The engine process's own clock: below the client's rate, the loss is in the engine's loop; equal
+        # to it, in the way to the client.
+        "server_engine_tokens_per_s": round(statistics.median(t.engine_rate or 0 for t in ours), 1),
     }
 
 
