@@ -153,7 +153,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.n_ctx = n_ctx
         self.prefill_chunk = prefill_chunk
-        self.eos = frozenset(int(token) for token in tokenizer.eos_token_ids) if tokenizer is not None else frozenset()
+        self.eos = frozenset(int(token) for token in tokenizer.eos_token_ids)
         self._guidance: bool | None = None  # whether this build has guidance, once known
 
     def _prompt_tokens(self, completion: Completion) -> list[int]:

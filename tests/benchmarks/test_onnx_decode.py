@@ -27,9 +27,9 @@ from modelyard.bundled import smollm2_gguf
 from modelyard.chat_template import ChatTemplate
 from modelyard.gguf import read_header
 from modelyard.launcher import ServerProcess
-from modelyard.store import sha256_file
 from modelyard.wire import Message
 from modelyard_onnx import convert
+from support.models import create_from_folder
 
 GGUF_MODEL = "smollm2:135m"
 ONNX_MODEL = "smollm2-onnx:135m"
@@ -61,13 +61,7 @@ def folder(request: pytest.FixtureRequest) -> Path:
 def server(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Iterator[ServerProcess]:
     env = {"MODELYARD_BACKENDS": "onnx,llamacpp", "MODELYARD_BUNDLED_MODELS": GGUF_MODEL}
     with ServerProcess(tmp_path_factory.mktemp("bench-onnx") / "models", env) as process:
-        files = {}
-        for path in sorted(folder.iterdir()):
-            digest = "sha256:" + sha256_file(path)
-            with open(path, "rb") as file:
-                httpx.post(f"{process.url}/api/blobs/{digest}", content=file, timeout=120).raise_for_status()
-            files[path.name] = digest
-        created = httpx.post(process.url + "/api/create", json={"model": ONNX_MODEL, "files": files, "stream": False}, timeout=120)
+        created = create_from_folder(process.url, ONNX_MODEL, folder)
         assert created.status_code == 200, created.text
         yield process
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from modelyard.launcher import ServerProcess
-from modelyard_conformance.schema import cases_dir, load_cases
+from modelyard_conformance.schema import cases_dir
 from support.suite import every_test
 
 MODEL = "smollm2:135m"

@@ -44,8 +44,9 @@ sys.path.insert(0, str(REPO / "tests"))
 from modelyard.chat_template import ChatTemplate  # noqa: E402
 from modelyard.launcher import ServerProcess  # noqa: E402
 from modelyard.wire import Message  # noqa: E402
+from support.models import create_from_folder  # noqa: E402
 from support.suite import run_suite  # noqa: E402
-from test_onnx_decode import PROMPT, ROUNDS, TOKENS, Timing, time_raw, time_server  # noqa: E402
+from test_onnx_decode import PROMPT, ROUNDS, Timing, time_raw, time_server  # noqa: E402
 
 TINY_FOLDER = REPO / "tests" / "fixtures" / "onnx" / "smollm2-tiny"
 
@@ -87,21 +88,6 @@ def conformance(model: str, folder: Path, expectations: str | None, out: Path, p
     return {"returncode": run.returncode, "outcomes": counts, "failing": run.explain()[:2500] if run.returncode else ""}
 
 
-def create(url: str, name: str, folder: Path) -> None:
-    files = {}
-    with httpx.Client(base_url=url, timeout=300) as client:
-        for path in sorted(p for p in folder.iterdir() if p.is_file()):
-            from modelyard.store import sha256_file
-
-            digest = "sha256:" + sha256_file(path)
-            with open(path, "rb") as file:
-                client.post(f"/api/blobs/{digest}", content=file).raise_for_status()
-            files[path.name] = digest
-        created = client.post("/api/create", json={"model": name, "files": files, "stream": False})
-        if created.status_code != 200:
-            raise RuntimeError(f"create answered {created.status_code}: {created.text}")
-
-
 def nvidia_smi(*arguments: str) -> str:
     """nvidia-smi's output ("" where there is none: a machine without a GPU)."""
     if shutil.which("nvidia-smi") is None:
@@ -133,7 +119,9 @@ def decode(folder: Path, work: Path, provider: str) -> dict[str, Any]:
     template = (folder / "chat_template.jinja").read_text()
     prompt = ChatTemplate(template).render([Message(role="user", content=PROMPT)])
     with ServerProcess(work / "bench" / "models", server_env(provider)) as server:
-        create(server.url, name, folder)
+        created = create_from_folder(server.url, name, folder)
+        if created.status_code != 200:
+            raise RuntimeError(f"create answered {created.status_code}: {created.text}")
         time_server(server.url, name, prompt)  # loads the model
         on_gpu = {
             "server_gpu_mib": gpu_memory_of(server.process.pid),

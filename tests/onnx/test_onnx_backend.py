@@ -59,7 +59,7 @@ def test_missing_engine_gives_the_install_hint(monkeypatch):
 
 
 def bare_model() -> Engine:
-    return Engine(og=None, engine=None, tokenizer=None, n_ctx=4096)
+    return Engine(og=None, engine=None, tokenizer=types.SimpleNamespace(eos_token_ids=[2]), n_ctx=4096)
 
 
 def test_options_become_search_options():

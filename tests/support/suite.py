@@ -58,7 +58,7 @@ def run_suite(
     return SuiteRun(completed.returncode, completed.stdout + completed.stderr, data)
 
 
-def every_test(cases: list[Case] | None = None) -> set[str]:
+def every_test(cases: tuple[Case, ...] | None = None) -> set[str]:
     """Every test a full run has: one per case and streaming mode."""
     return {
         case.id if mode is None else f"{case.id}[{mode}]"
