@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,6 +12,19 @@ import msgspec
 from .options import parse_keep_alive_setting
 
 DEFAULT_PORT = 11434
+# Ollama reads bodies without a limit; a chat with several large images runs to tens of megabytes.
+DEFAULT_MAX_BODY_SIZE = 1024**3
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int | None:
+    """MODELYARD_MAX_BODY_SIZE: bytes, optionally with a unit ("512MiB", "2GB"); 0 means no limit."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"invalid size {text!r}: expected bytes, optionally with KB, MB, GB, KiB, MiB or GiB")
+    size = int(match.group(1)) * _SIZE_UNITS[unit]
+    return size or None
 
 
 def parse_host(value: str | None) -> tuple[str, int]:
@@ -54,6 +68,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     trace_hooks: bool = False
     origins: tuple[str, ...] = ()
     noprune: bool = False  # keep blobs no model uses any more
+    max_body_size: int | None = DEFAULT_MAX_BODY_SIZE  # bytes of a request body (None: no limit)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -66,10 +81,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             port=port,
             models=Path(models).expanduser() if models else Path.home() / ".modelyard" / "models",
             keep_alive=parse_keep_alive_setting(env["OLLAMA_KEEP_ALIVE"]) if env.get("OLLAMA_KEEP_ALIVE") else 300.0,
-            context_length=int(env.get("OLLAMA_CONTEXT_LENGTH") or 4096),
+            context_length=int(env.get("OLLAMA_CONTEXT_LENGTH") or 0) or 4096,  # 0: Ollama picks one; we take 4096
             backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
             bundled_models=None if not bundled else tuple(n.strip() for n in bundled.split(",") if n.strip() != "none"),
             trace_hooks=env.get("MODELYARD_TRACE_HOOKS", "") not in ("", "0", "false"),
             noprune=bool(env.get("OLLAMA_NOPRUNE")),
             origins=tuple(o.strip() for o in env.get("OLLAMA_ORIGINS", "").split(",") if o.strip()),
+            max_body_size=parse_size(env["MODELYARD_MAX_BODY_SIZE"]) if env.get("MODELYARD_MAX_BODY_SIZE") else DEFAULT_MAX_BODY_SIZE,
         )

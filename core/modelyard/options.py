@@ -96,15 +96,47 @@ LEGACY_OPTIONS = frozenset(
 OPTION_ALIASES = {"max_tokens": "num_predict"}
 
 
+INT64 = (-(2**63), 2**63 - 1)  # Go's int: any integer option
+INT32_MAX = 2**31 - 1  # what reaches the engines as a C int
+# llama.cpp (GGML_MAX_N_THREADS) stops at 512 threads; far more crashes the process.
+MAX_THREADS = 512
+
+# Values an engine would crash on or misread, refused with a 400 before any engine sees them (a
+# modelyard addition: Ollama passes them on; docs/compatibility.md lists them). (low, high, message).
+OPTION_RANGES: dict[str, tuple[int, int, str]] = {
+    "num_ctx": (1, INT32_MAX, "num_ctx must be a positive integer"),
+    "num_batch": (1, INT32_MAX, "num_batch must be a positive integer"),
+    "num_thread": (0, MAX_THREADS, f"num_thread must be between 0 (every core) and {MAX_THREADS}"),
+    "num_gpu": (-1, INT32_MAX, "num_gpu must be -1 (as many layers as fit) or a number of layers"),
+    "main_gpu": (0, INT32_MAX, "main_gpu must be a device index (0 or more)"),
+    "top_k": (-INT32_MAX, INT32_MAX, f"top_k must be between {-INT32_MAX} and {INT32_MAX}"),
+    "repeat_last_n": (-1, INT32_MAX, "repeat_last_n must be -1 (the whole context), 0 (off) or more"),
+    "draft_num_predict": (0, INT32_MAX, "draft_num_predict must be 0 or more"),
+}
+
+
+def _checked_integer(key: str, value: int | float) -> int:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest(f'option "{key}" must be a finite number')
+    number = int(value)  # Go truncates 2048.9 to 2048
+    low, high, message = OPTION_RANGES.get(key, (*INT64, f'option "{key}" is out of range'))
+    if not low <= number <= high:
+        raise BadRequest(message)
+    return number
+
+
 def _checked_value(key: str, kind: OptionKind, value: Any) -> Any:
-    """One option value converted the way Go's FromMap does, or the reference's type error (500)."""
+    """One option value converted the way Go's FromMap does: the reference's type error (500), or a
+    400 for a value out of its range."""
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind == "integer":
         if is_number:
-            return int(value)  # Go truncates 2048.9 to 2048
+            return _checked_integer(key, value)
         raise InternalError(f'option "{key}" must be of type integer')
     if kind == "float32":
         if is_number:
+            if not math.isfinite(value):
+                raise BadRequest(f'option "{key}" must be a finite number')
             return float(value)
         raise InternalError(f'option "{key}" must be of type float32')
     if kind == "boolean":
@@ -147,45 +179,65 @@ def merge_options(*layers: dict[str, Any]) -> Options:
 
 # --- keep_alive ---------------------------------------------------------------------------------
 
+# Nanoseconds per unit, as Go's time.ParseDuration reads them.
 _DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "μs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
 }
-_DURATION_PART = re.compile(r"(\d*\.?\d*)([^\d.]*)")
+_DURATION_PART = re.compile(r"(\d*)(?:\.(\d*))?([^\d.]*)")
+# Go's time.Duration is an int64 of nanoseconds: the longest duration, and so the longest keep_alive.
+MAX_DURATION_NS = 2**63 - 1
+MAX_DURATION_SECONDS = MAX_DURATION_NS / 1e9
 
 
 def parse_go_duration(text: str) -> float:
-    """Seconds in a Go duration string ("1h30m", "-1m", "300ms"), with Go's error messages."""
+    """Seconds in a Go duration string ("1h30m", "-1m", "300ms"), with Go's error messages.
+
+    Like Go, it counts whole nanoseconds and refuses a duration beyond int64 nanoseconds (about 292
+    years) as invalid: "9999999999h" is a 400, not a date overflow later.
+    """
     quoted = '"' + text + '"'
+    invalid = BadRequest(f"time: invalid duration {quoted}")
     body = text
-    sign = 1.0
+    negative = False
     if body and body[0] in "+-":
-        sign = -1.0 if body[0] == "-" else 1.0
+        negative = body[0] == "-"
         body = body[1:]
     if body == "0":
         return 0.0
     if not body:
-        raise BadRequest(f"time: invalid duration {quoted}")
-    total = 0.0
+        raise invalid
+    total = 0
     position = 0
     while position < len(body):
         match = _DURATION_PART.match(body, position)
-        number, unit = match.group(1), match.group(2)
-        if not number or number == ".":
-            raise BadRequest(f"time: invalid duration {quoted}")
+        whole, fraction, unit = match.group(1), match.group(2) or "", match.group(3)
+        if not whole and not fraction:
+            raise invalid
         if not unit:
             raise BadRequest(f"time: missing unit in duration {quoted}")
         if unit not in _DURATION_UNITS:
             raise BadRequest(f'time: unknown unit "{unit}" in duration {quoted}')
-        total += float(number) * _DURATION_UNITS[unit]
+        if len(whole) > 19:  # more than int64 nanoseconds whatever the unit
+            raise invalid
+        scale = _DURATION_UNITS[unit]
+        nanoseconds = int(whole or "0") * scale
+        fraction = fraction[:19]  # digits beyond a nanosecond of an hour change nothing (Go drops them too)
+        if fraction:
+            nanoseconds += int(int(fraction) * scale / 10 ** len(fraction))
+        total += nanoseconds
+        if total > MAX_DURATION_NS + 1:  # Go allows exactly -2**63
+            raise invalid
         position = match.end()
-    return sign * total
+    if not negative and total > MAX_DURATION_NS:
+        raise invalid
+    return (-total if negative else total) / 1e9
 
 
 def _go_type_name(value: Any) -> str:
@@ -204,6 +256,9 @@ def parse_keep_alive(value: Any) -> float | None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
+        # Go converts seconds beyond int64 nanoseconds into garbage; here they are the longest duration.
+        if seconds > MAX_DURATION_SECONDS:
+            return math.inf
     elif isinstance(value, str):
         seconds = parse_go_duration(value)
     else:
@@ -217,7 +272,7 @@ def parse_keep_alive_setting(text: str) -> float:
         seconds = float(int(text))
     except ValueError:
         seconds = parse_go_duration(text)
-    return math.inf if seconds < 0 else seconds
+    return math.inf if seconds < 0 or seconds > MAX_DURATION_SECONDS else seconds
 
 
 # --- format -------------------------------------------------------------------------------------

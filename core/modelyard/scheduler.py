@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import math
 import time
 from typing import Any
 
@@ -21,6 +20,13 @@ log = logging.getLogger(__name__)
 
 # Go's time.Duration maximum: what Ollama reports as the expiry of a model kept forever.
 FOREVER = dt.timedelta(microseconds=(2**63 - 1) // 1000)
+
+
+def expiry_after(now: dt.datetime, seconds: float) -> dt.datetime:
+    """`now` plus a keep_alive, capped at FOREVER (a longer one would overflow datetime)."""
+    if not seconds < FOREVER.total_seconds():  # also math.inf
+        return now + FOREVER
+    return now + dt.timedelta(seconds=seconds)
 
 
 class Runner:
@@ -115,10 +121,9 @@ class Scheduler:
 
     def _schedule_expiry(self, runner: Runner) -> None:
         now = dt.datetime.now().astimezone()
-        if math.isinf(runner.keep_alive):
-            runner.expires_at = now + FOREVER
-            return
-        runner.expires_at = now + dt.timedelta(seconds=runner.keep_alive)
+        runner.expires_at = expiry_after(now, runner.keep_alive)
+        if runner.keep_alive >= FOREVER.total_seconds():
+            return  # no timer: kept until unloaded
         loop = asyncio.get_running_loop()
         runner.expiry = loop.call_later(runner.keep_alive, lambda: loop.create_task(self._expire(runner)))
 

@@ -13,6 +13,7 @@ import msgspec
 from litestar import Litestar, Request, Response, delete, get, head, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.params import FromPath
 from litestar.response import Stream
 
@@ -74,6 +75,8 @@ async def decode_body(request: Request[Any, Any, Any], body_type: type[Body]) ->
         raise BadRequest(str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise BadRequest(str(exc)) from exc
+    except RecursionError:  # msgspec's depth limit, reached by any field, even one we ignore
+        raise BadRequest("request body is nested too deeply") from None
 
 
 async def until_disconnect(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
@@ -284,7 +287,10 @@ def handle_modelyard_error(_: Request[Any, Any, Any], exc: ModelyardError) -> Re
     return error_response(exc.message, exc.status)
 
 
-def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if isinstance(exc, RequestEntityTooLarge):
+        limit = request.route_handler.resolve_request_max_body_size()
+        return error_response(f"request body is larger than {limit} bytes (MODELYARD_MAX_BODY_SIZE)", 413)
     if isinstance(exc, NotFoundException):
         return Response("404 page not found", status_code=404, media_type="text/plain")
     if isinstance(exc, MethodNotAllowedException):
@@ -363,5 +369,6 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
             "plugin_manager": manager,
         }),
         openapi_config=None,
+        request_max_body_size=settings.max_body_size,  # /api/blobs sets its own: none
         debug=False,
     )

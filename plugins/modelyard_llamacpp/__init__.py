@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import ctypes
 import json
 import os
@@ -37,6 +38,7 @@ from modelyard.options import Options
 from modelyard.store import StoredModel
 from modelyard.text import StopSequences
 
+MIN_CONTEXT = 4  # Ollama's scheduler raises a smaller num_ctx to 4
 INSTALL_HINT = (
     "the llamacpp backend needs llama-cpp-python: install modelyard as README.md says "
     "(it builds llama-cpp-python with flags that work on this CPU)"
@@ -48,6 +50,42 @@ class LlamaCppSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
 
     flash_attn: bool = False
     verbose: bool = False  # llama.cpp's own logging on stderr
+
+
+# ggml's log levels (ggml.h): DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5.
+GGML_LOG_LEVEL_ERROR = 4
+
+
+class LoadLog:
+    """The error lines llama.cpp logs while one thread loads a model: why the load failed.
+
+    llama-cpp-python only raises "Failed to load model from file"; llama.cpp logs the reason through a
+    process-wide callback. This one keeps error lines per thread, only while that thread loads, and hands
+    every line on to llama-cpp-python's own callback (which prints them when verbose).
+    """
+
+    def __init__(self, llama_cpp: Any) -> None:
+        from llama_cpp import _logger
+
+        self._lib = llama_cpp
+        self._forward = _logger.llama_log_callback
+        self._local = threading.local()
+        self._callback = llama_cpp.llama_log_callback(self._receive)  # kept alive: C holds its address
+
+    def _receive(self, level: int, text: bytes, user_data: Any) -> None:
+        lines = getattr(self._local, "lines", None)
+        if lines is not None and level == GGML_LOG_LEVEL_ERROR:
+            lines.append(text.decode("utf-8", errors="replace").strip())
+        self._forward(level, text, user_data)
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[list[str]]:
+        self._lib.llama_log_set(self._callback, ctypes.c_void_p(0))  # ours, even if another backend replaced it
+        self._local.lines = lines = []
+        try:
+            yield lines
+        finally:
+            self._local.lines = None
 
 
 def default_threads() -> int:
@@ -65,6 +103,7 @@ class LlamaCppBackend:
 
     def __init__(self, settings: LlamaCppSettings) -> None:
         self.settings = settings
+        self._load_log: LoadLog | None = None  # made by the first load (it needs llama_cpp imported)
 
     def serves(self, model: StoredModel) -> bool:
         return model.format == "gguf"
@@ -78,12 +117,13 @@ class LlamaCppBackend:
 
     def context_length(self, model: StoredModel, options: Options) -> int:
         trained = model.gguf.arch_value("context_length") or options.num_ctx
-        return max(1, min(options.num_ctx, int(trained)))
+        return max(MIN_CONTEXT, min(options.num_ctx, int(trained)))
 
     def load_key(self, model: StoredModel, options: Options) -> tuple[Any, ...]:
+        n_ctx = self.context_length(model, options)
         return (
-            self.context_length(model, options),
-            options.num_batch,
+            n_ctx,
+            min(options.num_batch, n_ctx),  # a larger batch only allocates more (n_ubatch is not capped)
             options.num_thread or default_threads(),
             options.num_gpu,
             options.use_mmap,
@@ -95,8 +135,19 @@ class LlamaCppBackend:
         except ImportError as exc:
             raise BackendUnavailable(INSTALL_HINT) from exc
         n_ctx, n_batch, n_threads, num_gpu, use_mmap = self.load_key(model, options)
+        if self._load_log is None:
+            self._load_log = LoadLog(llama_cpp)
+        load_log = self._load_log
+        engine_said: list[str] = []
 
         def construct() -> Any:
+            with load_log.capture() as lines:
+                try:
+                    return build()
+                finally:
+                    engine_said.extend(lines)
+
+        def build() -> Any:
             return llama_cpp.Llama(
                 str(model.model_path),
                 n_ctx=n_ctx,
@@ -113,8 +164,9 @@ class LlamaCppBackend:
 
         try:
             llm = await asyncio.to_thread(construct)
-        except (ValueError, RuntimeError) as exc:
-            raise InternalError(f"llama.cpp could not load {model.name.display}: {exc}") from exc
+        except (ValueError, RuntimeError, MemoryError) as exc:
+            reason = "; ".join(engine_said) or str(exc) or type(exc).__name__
+            raise InternalError(f"llama.cpp could not load {model.model_path} ({model.name.display}): {reason}") from exc
         return LlamaCppModel(llm, model, n_ctx)
 
     async def quantize(self, source: Path, target: Path, file_type: str) -> None:
@@ -192,7 +244,9 @@ class LlamaCppModel:
     def _grammar(self, format_: Any) -> Any:
         if format_ is None:
             return None
-        source = "json" if format_ == "json" else json.dumps(format_, sort_keys=True)
+        # The schema as given, not sorted: the grammar writes properties in the schema's order, and a
+        # key that ignored the order would hand one order's grammar to the other.
+        source = "json" if format_ == "json" else json.dumps(format_)
         if source not in self._grammars:
             from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 

@@ -87,7 +87,7 @@ class OnnxBackend:
 
     def context_length(self, model: StoredModel, options: Options) -> int:
         trained = int(model.onnx_config.get("model", {}).get("context_length") or options.num_ctx)
-        return max(1, min(options.num_ctx, trained))
+        return max(4, min(options.num_ctx, trained))  # Ollama raises a smaller num_ctx to 4
 
     def load_key(self, model: StoredModel, options: Options) -> tuple[Any, ...]:
         return (self.context_length(model, options), self.provider(model), options.num_thread, options.main_gpu)
@@ -153,7 +153,8 @@ class OnnxModel:
         except EngineGone:
             raise InternalError(f"onnxruntime-genai could not load {self.name}: {self._exit_status()}") from None
         if isinstance(answer, Failed):
-            raise_failure(answer)
+            # The engine names the folder it read (links into the store); the model's name says which.
+            raise_failure(msgspec.structs.replace(answer, message=f"{answer.message} ({self.name})"))
         if not isinstance(answer, Ready):
             raise InternalError(f"the onnx engine answered {answer!r} to its start")
 

@@ -316,7 +316,7 @@ def _load(request: Open) -> Engine:
     try:
         engine, tokenizer = open_model(og, request.folder, request.provider, request.threads, request.device)
     except RuntimeError as exc:
-        raise InternalError(f"onnxruntime-genai could not load the model: {exc}") from exc
+        raise InternalError(f"onnxruntime-genai could not load {request.folder}: {exc}") from exc
     return Engine(og, engine, tokenizer, request.n_ctx, request.prefill_chunk)
 
 

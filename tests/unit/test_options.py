@@ -4,6 +4,7 @@ import pytest
 
 from modelyard.errors import BadRequest, InternalError
 from modelyard.options import (
+    MAX_DURATION_SECONDS,
     Options,
     merge_options,
     parse_format,
@@ -109,3 +110,48 @@ def test_format():
     with pytest.raises(InternalError) as raised:
         parse_format("xml")
     assert raised.value.message == 'invalid format: "\\"xml\\""; expected "json" or a valid JSON Schema object'
+
+
+@pytest.mark.parametrize("text", ["9999999999h", "2562048h", "2562047h47m16.854775808s", "9" * 5000 + "s"])
+def test_durations_beyond_int64_nanoseconds_are_gos_400(text):
+    with pytest.raises(BadRequest) as raised:
+        parse_keep_alive(text)
+    assert raised.value.message == f'time: invalid duration "{text}"'
+
+
+def test_the_longest_go_duration_and_its_negative_still_parse():
+    assert parse_go_duration("2562047h47m16.854775807s") == pytest.approx(MAX_DURATION_SECONDS)
+    assert parse_keep_alive("-2562047h47m16.854775808s") == math.inf
+
+
+@pytest.mark.parametrize("value", [3e16, 1e308, MAX_DURATION_SECONDS * 2])
+def test_keep_alive_numbers_too_long_for_go_mean_forever(value):
+    assert parse_keep_alive(value) == math.inf
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"num_ctx": -5}, "num_ctx must be a positive integer"),
+        ({"num_ctx": 0}, "num_ctx must be a positive integer"),
+        ({"num_ctx": 2**40}, "num_ctx must be a positive integer"),
+        ({"num_batch": 0}, "num_batch must be a positive integer"),
+        ({"num_thread": -1}, "num_thread must be between 0 (every core) and 512"),
+        ({"num_thread": 100_000}, "num_thread must be between 0 (every core) and 512"),
+        ({"num_gpu": -2}, "num_gpu must be -1 (as many layers as fit) or a number of layers"),
+        ({"main_gpu": -1}, "main_gpu must be a device index (0 or more)"),
+        ({"repeat_last_n": -2}, "repeat_last_n must be -1 (the whole context), 0 (off) or more"),
+        ({"num_predict": 2**70}, 'option "num_predict" is out of range'),
+        ({"num_predict": float("inf")}, 'option "num_predict" must be a finite number'),
+        ({"temperature": float("inf")}, 'option "temperature" must be a finite number'),
+    ],
+)
+def test_values_an_engine_cannot_take_are_400(options, message):
+    with pytest.raises(BadRequest) as raised:
+        parse_options(options)
+    assert (raised.value.message, raised.value.status) == (message, 400)
+
+
+def test_values_ollama_gives_a_meaning_stay_accepted():
+    given = {"num_gpu": -1, "num_thread": 0, "num_keep": -1, "num_predict": -2, "repeat_last_n": -1, "seed": 2**40, "top_k": 0}
+    assert parse_options(given) == given
