@@ -97,7 +97,7 @@ class OnnxBackend:
             raise BackendUnavailable(INSTALL_HINT)
         n_ctx, provider, threads, device = self.load_key(model, options)
         view = model.folder_view()
-        opening = Open(str(view.path), provider, threads, device, n_ctx, self.settings.prefill_chunk)
+        opening = Open(str(view.path), provider, threads, device, n_ctx, self.settings.prefill_chunk, model.name.display)
         loaded = OnnxModel(opening, view, model)
         try:
             await loaded.start()
@@ -153,8 +153,7 @@ class OnnxModel:
         except EngineGone:
             raise InternalError(f"onnxruntime-genai could not load {self.name}: {self._exit_status()}") from None
         if isinstance(answer, Failed):
-            # The engine names the folder it read (links into the store); the model's name says which.
-            raise_failure(msgspec.structs.replace(answer, message=f"{answer.message} ({self.name})"))
+            raise_failure(answer)
         if not isinstance(answer, Ready):
             raise InternalError(f"the onnx engine answered {answer!r} to its start")
 

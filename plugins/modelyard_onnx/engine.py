@@ -54,6 +54,7 @@ class Open(msgspec.Struct, tag=True):
     device: int | None
     n_ctx: int
     prefill_chunk: int
+    name: str = ""  # the model's name, for error messages
 
 
 class Generate(msgspec.Struct, tag=True):
@@ -316,7 +317,8 @@ def _load(request: Open) -> Engine:
     try:
         engine, tokenizer = open_model(og, request.folder, request.provider, request.threads, request.device)
     except RuntimeError as exc:
-        raise InternalError(f"onnxruntime-genai could not load {request.folder}: {exc}") from exc
+        # The folder links the model's blobs; it goes when the load fails, the name says which model.
+        raise InternalError(f"onnxruntime-genai could not load {request.name} from {request.folder}: {exc}") from exc
     return Engine(og, engine, tokenizer, request.n_ctx, request.prefill_chunk)
 
 

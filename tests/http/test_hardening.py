@@ -229,3 +229,20 @@ def test_langchain_structured_output_gets_setup_first(server):
         asyncio.run(chat._async_client._client.aclose())
     raw = result["raw"].content
     assert FIRST_KEY_SETUP.match(raw), raw
+
+
+class PunchlineFirst(BaseModel):
+    punchline: str
+    setup: str
+
+
+def test_schema_property_order_is_the_schemas_not_sorted(server):
+    # Sorted keys would also put setup first for Joke; this order shows the grammar follows the schema.
+    client = ollama.Client(host=server.url)
+    try:
+        answer = client.generate(
+            model=MODEL, prompt="Tell me a joke about cats.", format=PunchlineFirst.model_json_schema(), options={"temperature": 0, "num_predict": 12}
+        )
+    finally:
+        client._client.close()
+    assert re.match(r'^\s*\{\s*"punchline"\s*:', answer.response), answer.response
