@@ -227,7 +227,12 @@ class LlamaCppModel:
             self.template.bos_token and text.startswith(self.template.bos_token)
         )
         tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
-        return list(completion.context or []) + tokens
+        context = list(completion.context or [])
+        n_vocab = self.llm.n_vocab()
+        unknown = next((token for token in context if not 0 <= token < n_vocab), None)
+        if unknown is not None:  # llama.cpp would refuse the batch with a bare "llama_decode returned -1"
+            raise BadRequest(f"context holds a token id this model does not have: {unknown}")
+        return context + tokens
 
     def _piece(self, token: int) -> bytes:
         """The bytes of one token (special tokens render as nothing), cached per token id."""

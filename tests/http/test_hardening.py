@@ -80,6 +80,12 @@ HOSTILE = {
     "num_thread 100000": ("/api/generate", {"model": MODEL, "prompt": "hi", "options": {"num_thread": 100_000}}, 400, "num_thread must be between 0 (every core) and 512"),
     "num_gpu -7": ("/api/generate", {"model": MODEL, "prompt": "hi", "options": {"num_gpu": -7}}, 400, "num_gpu must be -1 (as many layers as fit) or a number of layers"),
     "main_gpu -1": ("/api/generate", {"model": MODEL, "prompt": "hi", "options": {"main_gpu": -1}}, 400, "main_gpu must be a device index (0 or more)"),
+    "context with a token id the model lacks": (
+        "/api/generate",
+        {"model": MODEL, "prompt": "hi", "context": [1, 2**40]},
+        400,
+        f"context holds a token id this model does not have: {2**40}",
+    ),
     "num_predict beyond int64": ("/api/generate", {"model": MODEL, "prompt": "hi", "options": {"num_predict": 2**70}}, 400, 'option "num_predict" is out of range'),
 }
 
