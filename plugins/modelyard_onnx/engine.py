@@ -182,7 +182,8 @@ class Engine:
         else:
             search["do_sample"] = False
         if options.seed >= 0:
-            search["random_seed"] = options.seed
+            # The binding takes a C int and refuses more; seeds are opaque, so a large one is folded in.
+            search["random_seed"] = options.seed % 2**31
         return search
 
     def _set_format(self, params: Any, format_: Format) -> None:

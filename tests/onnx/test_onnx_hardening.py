@@ -54,3 +54,12 @@ def test_a_folder_that_cannot_load_names_itself_and_the_engines_reason(onnx_serv
     # The server stays usable for the models that load.
     again = onnx_http.post("/api/generate", json={"model": TINY, "prompt": "hi", "stream": False, "options": {"num_predict": 2}})
     assert again.status_code == 200, again.text
+
+
+def test_a_64_bit_seed_is_taken_and_still_repeats(onnx_http):
+    # Some clients send 64-bit random seeds; the binding takes a C int (it answered an obscure 500).
+    body = {"model": TINY, "prompt": "hi", "stream": False, "options": {"seed": 2**40 + 7, "temperature": 1.0, "num_predict": 6}}
+    first = onnx_http.post("/api/generate", json=body)
+    assert first.status_code == 200, first.text
+    second = onnx_http.post("/api/generate", json=body)
+    assert second.json()["response"] == first.json()["response"]
