@@ -13,7 +13,6 @@ import msgspec
 from litestar import Litestar, Request, Response, delete, get, head, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
-from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.params import FromPath
 from litestar.response import Stream
 
@@ -288,7 +287,7 @@ def handle_modelyard_error(_: Request[Any, Any, Any], exc: ModelyardError) -> Re
 
 
 def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    if isinstance(exc, RequestEntityTooLarge):
+    if exc.status_code == 413:  # Litestar's body limit (request_max_body_size)
         limit = request.route_handler.resolve_request_max_body_size()
         return error_response(f"request body is larger than {limit} bytes (MODELYARD_MAX_BODY_SIZE)", 413)
     if isinstance(exc, NotFoundException):
