@@ -337,7 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["conformance"]:  # every other argument belongs to the suite (pytest options too)
         return conformance(argparse.Namespace(rest=argv[1:]))
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Flags may come between a prompt's words (`run MODEL --verbose "a prompt"`), as with Ollama's CLI.
+    if getattr(args, "verb", None) == "run" and not any(word.startswith("-") for word in extra):
+        args.prompt += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "needs_client", True):
         return args.handler(args)
     client = Client(base_url(os.environ.get("OLLAMA_HOST")))
