@@ -138,6 +138,18 @@ def test_ctrl_c_stops_the_answer_and_keeps_the_session(echo_terminal):
 
 def test_ctrl_c_at_an_empty_prompt_says_how_to_leave_and_ctrl_d_leaves(echo_terminal):
     child = echo_terminal.child
+    # Ctrl+C on a typed line or inside """ drops the text without the hint.
+    child.send("abc")
+    child.expect_exact("abc")
+    child.sendintr()
+    child.expect_exact(PROMPT)
+    child.sendline('"""')
+    child.expect_exact("... ")
+    child.sendintr()
+    child.expect_exact(PROMPT)
+    assert "Use Ctrl + d" not in child.before
+    echo_terminal.send("/set verbose")
+    assert echo_terminal.verbose_prompt_tokens("hello") == 1  # neither "abc" nor the quotes were sent
     child.sendintr()
     child.expect_exact("Use Ctrl + d or /bye to exit.")
     child.expect_exact(PROMPT)
@@ -201,6 +213,11 @@ def test_save_creates_a_model_and_load_switches_to_it(echo_terminal, echo_server
             ("system", "Be brief."), ("user", "remember this"), ("assistant", "remember this"),
         ]
         try:
+            # A session on the saved model starts where it left off.
+            resumed = Terminal(echo_server.url, name)
+            resumed.child.expect_exact(PROMPT)
+            assert plain(resumed.child.before) == "remember this\nremember this\n\n"
+            assert resumed.close() == 0
             assert echo_terminal.send("/load no-such-model").strip() == (
                 "Loading model 'no-such-model'\nCouldn't find model 'no-such-model'"
             )

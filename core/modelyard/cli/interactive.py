@@ -603,6 +603,8 @@ def chat_loop(client: Client, session: Session) -> int:
             try:
                 answer = stream_answer(client, "/api/chat", request_body(session, messages=session.messages), session)
             except ServerError as exc:
+                # Ollama ends the session here; staying, the message that failed must not fail the next one.
+                session.messages.pop()
                 print(f"Error: {exc}", file=sys.stderr)
                 continue
             if answer is not None:
