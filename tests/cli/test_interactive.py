@@ -13,6 +13,7 @@ import re
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pexpect
@@ -26,8 +27,9 @@ TIMEOUT = 60
 class Terminal:
     """`modelyard run MODEL` in a pseudo-terminal."""
 
-    def __init__(self, server_url: str, *args: str) -> None:
-        env = {**os.environ, "OLLAMA_HOST": server_url, "TERM": "xterm"}
+    def __init__(self, server_url: str, home: Path, *args: str) -> None:
+        # HOME: the session's history file goes to ~/.modelyard/history.
+        env = {**os.environ, "OLLAMA_HOST": server_url, "TERM": "xterm", "HOME": str(home)}
         env.pop("OLLAMA_NOHISTORY", None)
         self.child = pexpect.spawn(
             sys.executable, ["-m", "modelyard", "run", *args], env=env, encoding="utf-8", timeout=TIMEOUT,
@@ -61,15 +63,15 @@ def plain(text: str) -> str:
 
 
 @pytest.fixture
-def echo_terminal(echo_server) -> Iterator[Terminal]:
-    terminal = Terminal(echo_server.url, MODEL)
+def echo_terminal(echo_server, tmp_path) -> Iterator[Terminal]:
+    terminal = Terminal(echo_server.url, tmp_path, MODEL)
     yield terminal
     terminal.close()
 
 
 @pytest.fixture
-def llama_terminal(llama_server) -> Iterator[Terminal]:
-    terminal = Terminal(llama_server.url, MODEL)
+def llama_terminal(llama_server, tmp_path) -> Iterator[Terminal]:
+    terminal = Terminal(llama_server.url, tmp_path, MODEL)
     terminal.send("/set parameter num_predict 16")
     yield terminal
     terminal.close()
@@ -94,6 +96,15 @@ def test_unknown_commands_are_reported_not_sent(echo_terminal):
     assert echo_terminal.send("/show foo").strip() == "Unknown command '/show foo'. Type /? for help"
     echo_terminal.send("/set verbose")
     assert echo_terminal.verbose_prompt_tokens("hello") == 1
+
+
+def test_a_refused_message_is_reported_and_left_out(echo_terminal):
+    thinking = echo_terminal.send("/set think")
+    assert thinking.strip() == 'warning: model "smollm2:135m" does not support thinking output\nSet \'think\' mode.'
+    assert echo_terminal.send("hello").strip() == 'Error: "smollm2:135m" does not support thinking'
+    echo_terminal.send("/set nothink")
+    echo_terminal.send("/set verbose")
+    assert echo_terminal.verbose_prompt_tokens("again") == 1  # the refused "hello" is not in the conversation
 
 
 def test_triple_quotes_make_one_message(echo_terminal):
@@ -159,12 +170,30 @@ def test_ctrl_c_at_an_empty_prompt_says_how_to_leave_and_ctrl_d_leaves(echo_term
     assert child.exitstatus == 0
 
 
-def test_bye_exits_with_status_zero(echo_server):
-    terminal = Terminal(echo_server.url, MODEL)
+def test_bye_exits_with_status_zero(echo_server, tmp_path):
+    terminal = Terminal(echo_server.url, tmp_path, MODEL)
     terminal.child.sendline("/bye")
     terminal.child.expect(pexpect.EOF)
     terminal.child.close()
     assert terminal.child.exitstatus == 0
+
+
+def test_history_is_kept_across_sessions_unless_turned_off(echo_server, tmp_path):
+    first = Terminal(echo_server.url, tmp_path, MODEL)
+    first.send("an earlier question")
+    first.send("/set nohistory")
+    first.send("a private question")
+    assert first.close() == 0
+    history = (tmp_path / ".modelyard" / "history").read_text()
+    assert "an earlier question" in history and "a private question" not in history
+    second = Terminal(echo_server.url, tmp_path, MODEL)
+    second.child.send("\x1b[A")  # Up: the last line the history kept
+    second.child.expect_exact("/set nohistory")
+    second.child.send("\x1b[A\r")
+    second.child.expect_exact("an earlier question\r\n")
+    second.child.expect_exact(PROMPT)
+    assert "an earlier question\n\n" in plain(second.child.before)  # the echo server's answer
+    assert second.close() == 0
 
 
 def test_set_system_and_parameters_then_show_them(echo_terminal):
@@ -196,7 +225,7 @@ def test_clear_forgets_the_conversation(echo_terminal):
     assert echo_terminal.verbose_prompt_tokens("four") == 1
 
 
-def test_save_creates_a_model_and_load_switches_to_it(echo_terminal, echo_server):
+def test_save_creates_a_model_and_load_switches_to_it(echo_terminal, echo_server, tmp_path):
     name = f"session-{uuid.uuid4().hex[:8]}"
     echo_terminal.send("/set system Be brief.")
     echo_terminal.send("/set parameter num_predict 16")
@@ -214,7 +243,7 @@ def test_save_creates_a_model_and_load_switches_to_it(echo_terminal, echo_server
         ]
         try:
             # A session on the saved model starts where it left off.
-            resumed = Terminal(echo_server.url, name)
+            resumed = Terminal(echo_server.url, tmp_path, name)
             resumed.child.expect_exact(PROMPT)
             assert plain(resumed.child.before) == "remember this\nremember this\n\n"
             assert resumed.close() == 0

@@ -14,6 +14,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from ..options import OPTION_KINDS
@@ -26,6 +27,7 @@ except ImportError:  # pragma: no cover - depends on the platform
 
 MULTILINE_QUOTES = '"""'
 EXIT_HINT = "Use Ctrl + d or /bye to exit."
+HISTORY_LIMIT = 100
 GREY, BOLD, RESET = "\x1b[38;5;245m", "\x1b[1m", "\x1b[0m"
 
 USAGE = """Available Commands:
@@ -255,7 +257,8 @@ def stream_answer(client: Client, path: str, body: dict[str, Any], session: Sess
                 writer.write(text)
     except (KeyboardInterrupt, ServerError) as stopped:
         writer.finish()
-        sys.stdout.write("\n")  # the next prompt starts on a line of its own
+        if content or thinking or isinstance(stopped, KeyboardInterrupt):
+            sys.stdout.write("\n")  # the next prompt starts on a line of its own (after a ^C too)
         sys.stdout.flush()
         if isinstance(stopped, ServerError):
             raise
@@ -336,7 +339,13 @@ def set_system(session: Session, text: str) -> None:
     print("Set system message.")
 
 
-def set_command(session: Session, words: list[str]) -> str | None:
+def warn_without_thinking(client: Client, model: str) -> None:
+    capabilities = client.post("/api/show", {"model": model}).get("capabilities") or []
+    if "thinking" not in capabilities:
+        print(f'warning: model "{model}" does not support thinking output', file=sys.stderr)
+
+
+def set_command(client: Client, session: Session, words: list[str]) -> str | None:
     """`/set ...`; returns the text after `/set system \"\"\"` when a multi-line system message starts."""
     if len(words) < 2:
         sys.stderr.write(USAGE_SET + "\n")
@@ -354,9 +363,11 @@ def set_command(session: Session, words: list[str]) -> str | None:
         print(f"Set '{setting}' mode.")
     elif setting == "think":
         session.think = words[2] if len(words) > 2 else True
+        warn_without_thinking(client, session.model)
         print(f"Set 'think' mode to '{words[2]}'." if len(words) > 2 else "Set 'think' mode.")
     elif setting == "nothink":
         session.think = False
+        warn_without_thinking(client, session.model)
         print("Set 'nothink' mode.")
     elif setting == "format":
         if len(words) < 3 or words[2] != "json":
@@ -510,17 +521,32 @@ def save_command(client: Client, session: Session, words: list[str]) -> None:
 
 
 class LineReader:
-    """input() with readline's editing and history, a prompt for first lines and one for continuations."""
+    """input() with readline's editing and history, a prompt for first lines and one for continuations.
 
-    def __init__(self, session: Session) -> None:
+    History is kept across sessions in a file, as Ollama keeps ~/.ollama/history (the last 100 lines,
+    saved after each one); `/set nohistory` or OLLAMA_NOHISTORY stop adding to it.
+    """
+
+    def __init__(self, session: Session, history_file: Path) -> None:
         self.session = session
+        self.history_file = history_file
         if os.environ.get("OLLAMA_NOHISTORY"):
             session.history = False
+        if readline is not None:
+            readline.set_history_length(HISTORY_LIMIT)
+            with contextlib.suppress(OSError):  # no history yet
+                readline.read_history_file(history_file)
 
     def read(self, continuation: bool) -> str:
         line = input("... " if continuation else ">>> ")
-        if readline is not None and not self.session.history and line:
+        if readline is None or not line:
+            return line
+        if not self.session.history:
             readline.remove_history_item(readline.get_current_history_length() - 1)
+        else:
+            with contextlib.suppress(OSError):  # a read-only home still gets a session
+                self.history_file.parent.mkdir(parents=True, exist_ok=True)
+                readline.write_history_file(self.history_file)
         return line
 
     @staticmethod
@@ -529,7 +555,7 @@ class LineReader:
 
 
 def chat_loop(client: Client, session: Session) -> int:
-    reader = LineReader(session)
+    reader = LineReader(session, Path.home() / ".modelyard" / "history")
     pending: list[str] = []  # the lines of a multi-line message or system message
     multiline: str | None = None  # "prompt" or "system" while inside \"\"\" ... \"\"\"
     while True:
@@ -571,7 +597,7 @@ def chat_loop(client: Client, session: Session) -> int:
                 if command in ("/?", "/help"):
                     help_command(words)
                 elif command == "/set":
-                    started = set_command(session, words)
+                    started = set_command(client, session, words)
                     if started is not None:
                         pending, multiline = [started, "\n"], "system"
                 elif command == "/show":
