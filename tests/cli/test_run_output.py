@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from modelyard.cli.interactive import AnswerWriter, go_duration
+from modelyard.cli.interactive import AnswerWriter, Session, go_duration, stream_answer
 
 
 @pytest.mark.parametrize(
@@ -48,3 +48,28 @@ def test_no_wrapping_when_asked(monkeypatch):
     writer.write(text)
     writer.finish()
     assert out.getvalue() == text
+
+
+class StreamingClient:
+    """Streams given parts, as `Client.stream` yields the server's NDJSON lines (no model answers thinking)."""
+
+    def __init__(self, parts: list[dict]) -> None:
+        self.parts = parts
+
+    def stream(self, path: str, body: dict):
+        yield from self.parts
+
+
+def test_thinking_is_shown_before_the_answer(capsys):
+    parts = [
+        {"message": {"role": "assistant", "content": "", "thinking": "Let me "}, "done": False},
+        {"message": {"role": "assistant", "content": "", "thinking": "think."}, "done": False},
+        {"message": {"role": "assistant", "content": "Yes."}, "done": False},
+        {"message": {"role": "assistant", "content": ""}, "done": True, "eval_count": 3, "eval_duration": 1_500_000},
+    ]
+    session = Session(model="m", verbose=True)
+    answer = stream_answer(StreamingClient(parts), "/api/chat", {}, session)
+    printed = capsys.readouterr()
+    assert printed.out == "Thinking...\nLet me think.\n...done thinking.\n\nYes.\n\n"  # Ollama's plain-text form
+    assert printed.err == "eval count:           3 token(s)\neval duration:        1.5ms\neval rate:            2000.00 tokens/s\n"
+    assert (answer.content, answer.thinking) == ("Yes.", "Let me think.")

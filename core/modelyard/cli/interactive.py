@@ -199,6 +199,11 @@ class AnswerWriter:
                         self._end_word()
         self.out.flush()
 
+    def style(self, code: str) -> None:
+        """An escape code: written in place, taking no room on the line."""
+        self._end_word()
+        self.out.write(code)
+
     def _end_word(self) -> None:
         if not self.word:
             return
@@ -231,11 +236,13 @@ def stream_answer(client: Client, path: str, body: dict[str, Any], session: Sess
 
     styled = sys.stdout.isatty()
     writer = AnswerWriter(sys.stdout, session.word_wrap and styled)
-    content, thinking, final = [], [], {}
+    content: list[str] = []
+    thinking: list[str] = []
+    final: dict[str, Any] = {}
     thinking_open = False
     console = Console(stderr=True)
+    parts = client.stream(path, body)
     try:
-        parts: Iterator[dict[str, Any]] = client.stream(path, body)
         waiting = console.status("", spinner="dots") if console.is_terminal else contextlib.nullcontext()
         with waiting:
             first = next(parts, None)
@@ -243,15 +250,18 @@ def stream_answer(client: Client, path: str, body: dict[str, Any], session: Sess
             final = part
             text, thought = _texts(part)
             if thought:
-                if not thinking_open:
-                    writer.write(f"{GREY}{BOLD}Thinking...\n{RESET}{GREY}" if styled else "Thinking...\n")
+                if not thinking_open:  # Ollama's grey "Thinking..." block
+                    writer.style(GREY + BOLD if styled else "")
+                    writer.write("Thinking...\n")
+                    writer.style(RESET + GREY if styled else "")
                     thinking_open = True
                 thinking.append(thought)
                 writer.write(thought)
             if text:
                 if thinking_open:
-                    writer.write(("" if "".join(thinking).endswith("\n") else "\n")
-                                 + (f"{GREY}{BOLD}...done thinking.\n\n{RESET}" if styled else "...done thinking.\n\n"))
+                    writer.style(GREY + BOLD if styled else "")
+                    writer.write(("" if "".join(thinking).endswith("\n") else "\n") + "...done thinking.\n\n")
+                    writer.style(RESET if styled else "")
                     thinking_open = False
                 content.append(text)
                 writer.write(text)
@@ -263,6 +273,8 @@ def stream_answer(client: Client, path: str, body: dict[str, Any], session: Sess
         if isinstance(stopped, ServerError):
             raise
         return None
+    finally:
+        parts.close()  # closes the streamed response whatever line Ctrl+C interrupted
     writer.finish()
     # Ollama ends every answer with an empty line.
     sys.stdout.write("\n\n")
