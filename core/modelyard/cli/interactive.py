@@ -469,15 +469,15 @@ def help_command(words: list[str]) -> None:
         sys.stderr.write(USAGE_SHORTCUTS + "\n")
 
 
-def load_model(client: Client, session: Session) -> None:
+def load_model(client: Client, model: str, keep_alive: str | None) -> None:
     """Ask the server to load the model (with a spinner), as `ollama run` does before the first prompt."""
     from rich.console import Console
 
     console = Console(stderr=True)
     waiting = console.status("", spinner="dots") if console.is_terminal else contextlib.nullcontext()
-    body: dict[str, Any] = {"model": session.model}
-    if session.keep_alive is not None:
-        body["keep_alive"] = session.keep_alive
+    body: dict[str, Any] = {"model": model}
+    if keep_alive is not None:
+        body["keep_alive"] = keep_alive
     with waiting:
         client.post("/api/generate", body)
 
@@ -500,10 +500,10 @@ def load_command(client: Client, session: Session, words: list[str]) -> None:
             print(f"Couldn't find model '{words[1]}'")
             return
         raise
+    load_model(client, words[1], session.keep_alive)  # a model that fails to load keeps the session as it was
     session.model = words[1]
     session.messages = []
     apply_show(session, info)
-    load_model(client, session)
 
 
 def save_command(client: Client, session: Session, words: list[str]) -> None:
@@ -683,11 +683,11 @@ def _run_model(client: Client, args: argparse.Namespace) -> int:
     apply_show(session, info)
     if prompts or not interactive:
         if not prompt:
-            load_model(client, session)
+            load_model(client, session.model, session.keep_alive)
             return 0
         stream_answer(client, "/api/generate", request_body(session, prompt=prompt), session)
         return 0
-    load_model(client, session)
+    load_model(client, session.model, session.keep_alive)
     for message in session.loaded_messages:  # a saved session shows where it left off
         if message["role"] == "user":
             print(f">>> {message['content']}")
