@@ -313,21 +313,24 @@ def request_body(session: Session, **fields: Any) -> dict[str, Any]:
     return body
 
 
+GO_BOOLEANS = {"1": True, "t": True, "true": True, "0": False, "f": False, "false": False}  # strconv.ParseBool
+KIND_WORDS = {"integer": "int", "float32": "float", "boolean": "bool"}  # as FormatParams names them
+
+
 def parse_parameter(name: str, values: list[str]) -> Any:
     """A typed option value as Ollama's api.FormatParams makes it; ValueError with its message."""
     kind = OPTION_KINDS.get(name)
     if kind is None:
         raise ValueError(f"unknown parameter '{name}'")
-    shown = "[" + " ".join(values) + "]"
     try:
         if kind == "integer":
             return int(values[0])
         if kind == "float32":
             return float(values[0])
         if kind == "boolean":
-            return {"1": True, "t": True, "true": True, "0": False, "f": False, "false": False}[values[0].lower()]
+            return GO_BOOLEANS[values[0].lower()]
     except (ValueError, KeyError):
-        raise ValueError(f"invalid {'bool' if kind == 'boolean' else 'int' if kind == 'integer' else 'float'} value {shown}") from None
+        raise ValueError(f"invalid {KIND_WORDS[kind]} value [{' '.join(values)}]") from None
     return list(values)
 
 
