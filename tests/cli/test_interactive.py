@@ -124,6 +124,19 @@ def test_triple_quotes_make_one_message(echo_terminal):
     assert re.search(r"eval count:\s+4 token\(s\)", output.split("prompt eval rate")[-1])
 
 
+def test_pasted_lines_make_one_message(echo_terminal):
+    echo_terminal.send("/set verbose")
+    child = echo_terminal.child
+    child.send("\x1b[200~pasted one\rpasted two\x1b[201~\r")  # a terminal's bracketed paste, then Enter
+    child.expect_exact("pasted two\r\n")  # the echo of the pasted text
+    child.expect_exact(PROMPT)
+    # Before each prompt the terminal is asked to mark pastes (Python's readline leaves that off).
+    assert child.before.endswith("\x1b[?2004h")
+    output = plain(child.before)
+    assert "pasted one\npasted two\n\n" in output
+    assert re.search(r"prompt eval count:\s+4 token\(s\)", output)
+
+
 def test_answers_end_with_an_empty_line(echo_terminal):
     output = echo_terminal.send("one two three")
     assert output.endswith("one two three\n\n")

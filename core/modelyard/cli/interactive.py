@@ -548,6 +548,9 @@ class LineReader:
         if os.environ.get("OLLAMA_NOHISTORY"):
             session.history = False
         if readline is not None:
+            if "libedit" not in (readline.__doc__ or ""):
+                # Python turns bracketed paste off; on, a pasted block of lines is one message, as in Ollama.
+                readline.parse_and_bind("set enable-bracketed-paste on")
             readline.set_history_length(HISTORY_LIMIT)
             with contextlib.suppress(OSError):  # no history yet
                 readline.read_history_file(history_file)
