@@ -230,6 +230,18 @@ def test_set_system_and_parameters_then_show_them(echo_terminal):
     assert echo_terminal.send("/show system") == "Line one.\nLine two.\n\n"
 
 
+def test_set_format_and_display_modes(echo_terminal):
+    assert echo_terminal.send("/set format xml").strip() == "Invalid or missing format. For 'json' mode use '/set format json'"
+    assert echo_terminal.send("/set format json").strip() == "Set format to 'json' mode."
+    assert '{"echo": "hi there"}\n\n' in echo_terminal.send("hi there")  # the echo backend's JSON mode
+    assert echo_terminal.send("/set noformat").strip() == "Disabled format."
+    assert echo_terminal.send("plain again").endswith("plain again\n\n")
+    assert echo_terminal.send("/set nowordwrap").strip() == "Set 'nowordwrap' mode."
+    assert echo_terminal.send("/set wordwrap").strip() == "Set 'wordwrap' mode."
+    assert echo_terminal.send("/set quiet").strip() == "Set 'quiet' mode."
+    assert "total duration" not in echo_terminal.send("no stats")
+
+
 def test_clear_forgets_the_conversation(echo_terminal):
     echo_terminal.send("/set verbose")
     assert echo_terminal.verbose_prompt_tokens("one two") == 2
