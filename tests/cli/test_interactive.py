@@ -228,6 +228,14 @@ def test_set_system_and_parameters_then_show_them(echo_terminal):
     child.expect_exact("Set system message.")
     child.expect_exact(PROMPT)
     assert echo_terminal.send("/show system") == "Line one.\nLine two.\n\n"
+    child.sendline('/set system """')
+    child.expect_exact("... ")
+    child.sendline("Alone.")
+    child.expect_exact("... ")
+    child.sendline('"""')
+    child.expect_exact("Set system message.")
+    child.expect_exact(PROMPT)
+    assert echo_terminal.send("/show system") == "Alone.\n\n\n"  # "Alone." keeps its line break, as in Ollama
 
 
 def test_set_format_and_display_modes(echo_terminal):

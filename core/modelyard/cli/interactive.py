@@ -12,7 +12,7 @@ import contextlib
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -460,7 +460,7 @@ def show_command(client: Client, session: Session, words: list[str]) -> None:
         print(f"Unknown command '/show {topic}'. Type /? for help")
 
 
-def help_command(words: list[str]) -> None:
+def help_command(client: Client, session: Session, words: list[str]) -> None:
     topic = words[1] if len(words) > 1 else None
     if topic is None:
         sys.stderr.write(USAGE + "\n")
@@ -530,6 +530,31 @@ def save_command(client: Client, session: Session, words: list[str]) -> None:
             return
         raise
     print(f"Created new model '{words[1]}'")
+
+
+def clear_command(client: Client, session: Session, words: list[str]) -> None:
+    """`/clear`: a new conversation that keeps the session's system message."""
+    session.messages = [{"role": "system", "content": session.system}] if session.system else []
+    print("Cleared session context")
+
+
+def list_command(client: Client, session: Session, words: list[str]) -> None:
+    list_models(client, argparse.Namespace())
+
+
+# A command returns the start of a multi-line system message when it begins one (`/set system """...`).
+Command = Callable[[Client, Session, list[str]], str | None]
+COMMANDS: dict[str, Command] = {
+    "/?": help_command,
+    "/help": help_command,
+    "/set": set_command,
+    "/show": show_command,
+    "/load": load_command,
+    "/save": save_command,
+    "/clear": clear_command,
+    "/list": list_command,
+}
+EXIT_COMMANDS = ("/bye", "/exit")
 
 
 # --- the loop -------------------------------------------------------------------------------------
@@ -608,33 +633,21 @@ def chat_loop(client: Client, session: Session) -> int:
                 multiline = "prompt"
         elif line.startswith("/"):
             words = line.split()
-            command = words[0]
+            if words[0] in EXIT_COMMANDS:
+                return 0
+            command = COMMANDS.get(words[0])
+            if command is None:
+                print(f"Unknown command '{words[0]}'. Type /? for help")
+                continue
             try:
-                if command in ("/bye", "/exit"):
-                    return 0
-                if command in ("/?", "/help"):
-                    help_command(words)
-                elif command == "/set":
-                    started = set_command(client, session, words)
-                    if started is not None:
-                        pending, multiline = [started, "\n"], "system"
-                elif command == "/show":
-                    show_command(client, session, words)
-                elif command == "/load":
-                    load_command(client, session, words)
-                elif command == "/save":
-                    save_command(client, session, words)
-                elif command == "/clear":
-                    session.messages = [{"role": "system", "content": session.system}] if session.system else []
-                    print("Cleared session context")
-                elif command == "/list":
-                    list_models(client, argparse.Namespace())
-                else:
-                    print(f"Unknown command '{command}'. Type /? for help")
+                started = command(client, session, words)
             except ServerError as exc:
                 print(f"Error: {exc}", file=sys.stderr)
             except KeyboardInterrupt:  # a slow /show, /load or /save given up
                 print()
+            else:
+                if started is not None:
+                    pending, multiline = [started, "\n"] if started else [], "system"
             continue
         else:
             pending.append(line)
