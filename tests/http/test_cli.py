@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import httpx
+import pytest
 
 MODEL = "smollm2:135m"
 
@@ -33,34 +37,66 @@ def test_list(llama_server):
     assert any(row.startswith(MODEL) and "98 MB" in row for row in rows)
 
 
-def test_run_with_a_prompt_prints_the_answer(llama_server):
-    result = modelyard(llama_server, "run", MODEL, "Say hello.")
+@pytest.fixture
+def short_model(llama_server) -> Iterator[str]:
+    """SmolLM2 with `PARAMETER num_predict 24`: a sampled answer can ramble for minutes otherwise."""
+    name = "smollm2-short"
+    with httpx.Client(base_url=llama_server.url, timeout=60) as http:
+        created = http.post("/api/create", json={"model": name, "from": MODEL, "parameters": {"num_predict": 24}, "stream": False})
+        assert created.status_code == 200, created.text
+        yield name
+        http.request("DELETE", "/api/delete", json={"model": name})
+
+
+def test_run_with_a_prompt_prints_the_answer(llama_server, short_model):
+    result = modelyard(llama_server, "run", short_model, "Say hello.")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
+    assert result.stdout.endswith("\n\n")  # Ollama ends an answer with an empty line
 
 
-def test_run_reads_a_piped_prompt(llama_server):
-    result = modelyard(llama_server, "run", MODEL, stdin="Say hello.")
+def test_run_reads_a_piped_prompt(llama_server, short_model):
+    result = modelyard(llama_server, "run", short_model, stdin="Say hello.")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
+    assert result.stdout.endswith("\n\n")
 
 
-def test_run_interactive_chat_on_a_terminal(llama_server):
-    """Typed lines on a terminal: each gets a streamed answer; /bye ends the session."""
+def test_run_puts_piped_text_before_the_prompt(echo_server):
+    """As `ollama run`: stdin, then the prompt's words, one prompt; the echo backend repeats it."""
+    result = modelyard(echo_server, "run", MODEL, "and", "these words", stdin="piped text")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "piped text and these words\n\n"
+
+
+def test_run_verbose_and_format_flags(echo_server):
+    result = modelyard(echo_server, "run", MODEL, "--verbose", "--format", "json", "hi there")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"echo": "hi there"}
+    assert re.search(r"^prompt eval count:\s+2 token\(s\)$", result.stderr, re.MULTILINE)
+    assert re.search(r"^eval rate:\s+[0-9.]+ tokens/s$", result.stderr, re.MULTILINE)
+
+
+def test_run_without_a_terminal_for_output_answers_once(echo_server):
+    """A terminal on stdin but stdout to a pipe: no session (Ollama loads the model and leaves)."""
     controller, terminal = pty.openpty()
-    env = {**os.environ, "OLLAMA_HOST": llama_server.url}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modelyard", "run", MODEL],
-        stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
-    )
-    os.write(controller, b"/set parameter num_predict 12\nMy name is Ada.\nWhat is my name?\n/bye\n")
-    stdout, stderr = process.communicate(timeout=120)
-    os.close(controller)
-    os.close(terminal)
-    assert process.returncode == 0, stderr
-    answers = [line for line in stdout.split(">>> ") if line.strip()]
-    assert len(answers) == 2
-    assert "Set parameter 'num_predict' to '12'" in stderr
+    env = {**os.environ, "OLLAMA_HOST": echo_server.url}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "modelyard", "run", MODEL], stdin=terminal, capture_output=True, env=env,
+            text=True, timeout=120,
+        )
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+
+
+def test_run_unknown_model(echo_server):
+    result = modelyard(echo_server, "run", "no-such-model", "hi")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: model 'no-such-model:latest' not found"
 
 
 def test_ps_show_and_stop(llama_server):

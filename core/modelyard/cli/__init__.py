@@ -1,26 +1,24 @@
 """The `modelyard` command: Ollama's verbs. Every verb but `serve` talks to the server over HTTP,
-at OLLAMA_HOST like Ollama's CLI."""
+at OLLAMA_HOST like Ollama's CLI. `run` lives in `interactive` (the chat session and its /commands)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
-import itertools
 import json
 import logging
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 
-from . import __version__
-from .config import base_url
-from .modelfile import ModelfileError, create_request, parse_modelfile
-from .store import sha256_file
+from .. import __version__
+from ..config import base_url
+from ..modelfile import ModelfileError, create_request, parse_modelfile
+from ..store import sha256_file
 
 
 class ServerError(Exception):
@@ -108,8 +106,8 @@ def print_table(rows: list[list[str]]) -> None:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .config import Settings
-    from .server import create_app
+    from ..config import Settings
+    from ..server import create_app
 
     settings = Settings.from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -144,10 +142,16 @@ def show(client: Client, args: argparse.Namespace) -> int:
     if args.modelfile:
         print(info.get("modelfile", ""))
         return 0
+    print_model_info(info, sys.stdout)
+    return 0
+
+
+def print_model_info(info: dict[str, Any], file: TextIO) -> None:
+    """`ollama show MODEL` (and `/show info`): the model, its capabilities and parameters."""
     details = info["details"]
     model_info = info.get("model_info", {})
     arch = model_info.get("general.architecture", details.get("family", ""))
-    print("  Model")
+    print("  Model", file=file)
     rows = [
         ("architecture", arch),
         ("parameters", details.get("parameter_size", "")),
@@ -157,16 +161,15 @@ def show(client: Client, args: argparse.Namespace) -> int:
     ]
     for label, value in rows:
         if value != "":
-            print(f"    {label:<20}{value}")
+            print(f"    {label:<20}{value}", file=file)
     if info.get("capabilities"):
-        print("\n  Capabilities")
+        print("\n  Capabilities", file=file)
         for capability in info["capabilities"]:
-            print(f"    {capability}")
+            print(f"    {capability}", file=file)
     if info.get("parameters"):
-        print("\n  Parameters")
+        print("\n  Parameters", file=file)
         for line in info["parameters"].splitlines():
-            print(f"    {line}")
-    return 0
+            print(f"    {line}", file=file)
 
 
 def stop(client: Client, args: argparse.Namespace) -> int:
@@ -174,77 +177,10 @@ def stop(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _stream_reply(client: Client, body: dict[str, Any]) -> str:
-    """Print a chat reply as it streams (a spinner until the first token) and return its text."""
-    from rich.console import Console
-
-    parts = client.stream("/api/chat", body)
-    console = Console(stderr=True)
-    waiting = console.status("", spinner="dots") if console.is_terminal else contextlib.nullcontext()
-    with waiting:
-        first = next(parts, None)
-    reply = []
-    for part in itertools.chain([first] if first else [], parts):
-        text = part["message"]["content"]
-        reply.append(text)
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    return "".join(reply)
-
-
-def _set_parameter(options: dict[str, Any], words: list[str]) -> None:
-    """`/set parameter num_predict 64`, as in Ollama's interactive mode (values are JSON, else text)."""
-    if len(words) != 2:
-        print("Usage: /set parameter <name> <value>", file=sys.stderr)
-        return
-    name, text = words
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = text
-    options[name] = [value] if name == "stop" and not isinstance(value, list) else value
-    print(f"Set parameter '{name}' to '{text}'", file=sys.stderr)
-
-
 def run(client: Client, args: argparse.Namespace) -> int:
-    options: dict[str, Any] = {}
-    body: dict[str, Any] = {"model": args.model, "options": options}
-    if args.keepalive is not None:
-        body["keep_alive"] = args.keepalive
-    prompt = " ".join(args.prompt)
-    if not sys.stdin.isatty() and not prompt:
-        prompt = sys.stdin.read()
-    if prompt:
-        _stream_reply(client, {**body, "messages": [{"role": "user", "content": prompt}]})
-        return 0
-    client.post("/api/generate", {"model": args.model, **({"keep_alive": args.keepalive} if args.keepalive else {})})
-    history: list[dict[str, str]] = []
-    print(">>> Send a message (/bye to quit, /clear to forget, /set parameter NAME VALUE)", file=sys.stderr)
-    while True:
-        try:
-            line = input(">>> ")
-        except (EOFError, KeyboardInterrupt):
-            print(file=sys.stderr)
-            return 0
-        if line.strip() in ("/bye", "/exit"):
-            return 0
-        if line.strip() == "/clear":
-            history.clear()
-            continue
-        if line.startswith("/set parameter "):
-            _set_parameter(options, line.removeprefix("/set parameter ").split(maxsplit=1))
-            continue
-        if not line.strip():
-            continue
-        history.append({"role": "user", "content": line})
-        try:
-            answer = _stream_reply(client, {**body, "messages": history})
-        except KeyboardInterrupt:
-            print(file=sys.stderr)
-            history.pop()
-            continue
-        history.append({"role": "assistant", "content": answer})
+    from .interactive import run_model
+
+    return run_model(client, args)
 
 
 class ProgressView:
@@ -347,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("model")
     run_parser.add_argument("prompt", nargs="*")
     run_parser.add_argument("--keepalive", help="how long the model stays loaded (e.g. 5m, 0, -1)")
+    run_parser.add_argument("--format", default="", help="response format (e.g. json)")
+    run_parser.add_argument("--verbose", action="store_true", help="show timings for the response")
+    run_parser.add_argument("--nowordwrap", action="store_true", help="don't wrap words to the next line")
     run_parser.set_defaults(handler=run)
 
     for verb, aliases, handler, help_text in (
@@ -398,7 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["conformance"]:  # every other argument belongs to the suite (pytest options too)
         return conformance(argparse.Namespace(rest=argv[1:]))
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Flags may come between a prompt's words (`run MODEL --verbose "a prompt"`), as with Ollama's CLI.
+    if getattr(args, "verb", None) == "run" and not any(word.startswith("-") for word in extra):
+        args.prompt += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "needs_client", True):
         return args.handler(args)
     client = Client(base_url(os.environ.get("OLLAMA_HOST")))
