@@ -146,8 +146,13 @@ class RegistryClient:
         return headers
 
     def unreachable(self, step: str, method: str, url: str, exc: httpx.TransportError) -> RegistryError:
-        """The error for a request that got no answer."""
-        cause = transport_cause(exc, httpx.URL(url), self.action)
+        """The error for a request that got no answer. The cause names the host that failed, which is a
+        redirect's target (a download server) when the registry sent one."""
+        try:
+            failed = exc.request.url
+        except RuntimeError:  # an error raised before any request was made
+            failed = httpx.URL(url)
+        cause = transport_cause(exc, failed, self.action)
         return RegistryError(f'{step}: {_go_method(method)} "{_shown(url)}": {cause}')
 
     def refused(self, step: str, method: str, url: str, response: httpx.Response) -> RegistryError:
@@ -171,7 +176,7 @@ class RegistryClient:
             body = answer.json()
             self.token = body.get("token") or body.get("access_token")
         except (ValueError, AttributeError):
-            raise RegistryError(f'{step}: Get "{challenge.realm}": the answer is not a token') from None
+            raise RegistryError(f'{step}: Get "{_shown(challenge.realm)}": the answer is not a token') from None
         return bool(self.token)
 
     async def request(self, step: str, method: str, url: str, **kwargs: Any) -> httpx.Response:

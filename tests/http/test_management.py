@@ -444,6 +444,20 @@ def test_a_registry_error_carries_the_registrys_own_message(server, registry):
     assert remote not in names(server)
 
 
+def test_a_push_refused_by_the_registry_carries_its_message(server, tmp_path):
+    read_only = LocalRegistry(tmp_path / "read-only", read_only=True)
+    try:
+        remote = f"{read_only.host}/library/smol:v1"
+        assert httpx.post(server.url + "/api/copy", json={"source": MODEL, "destination": remote}).status_code == 200
+        streamed = lines(server, "/api/push", {"model": remote, "insecure": True})
+        single = httpx.post(server.url + "/api/push", json={"model": remote, "insecure": True, "stream": False}, timeout=120)
+    finally:
+        read_only.stop()
+    expected = f'upload blob: Post "http://{read_only.host}/v2/library/smol/blobs/uploads/": 405: Method not allowed'  # its plain-text body
+    assert streamed[-1] == {"error": expected}
+    assert (single.status_code, single.json()) == (500, {"error": expected})
+
+
 def test_push_to_a_host_that_does_not_resolve_names_the_step(server):
     remote = "registry.invalid/library/smol:v1"
     assert httpx.post(server.url + "/api/copy", json={"source": MODEL, "destination": remote}).status_code == 200
