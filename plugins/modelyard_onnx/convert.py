@@ -71,7 +71,8 @@ LOW_BIT_TYPES = frozenset(
     "Q4_0 Q4_1 Q2_K Q3_K Q4_K IQ1_S IQ1_M IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ4_NL IQ4_XS TQ1_0 TQ2_0 MXFP4".split()
 )
 
-# How the conversion in the build environment tells this process where it is: `MARK stage NAME TEXT`.
+# How the conversion in the build environment tells this process where it is: `MARK stage NAME<tab>TEXT`
+# (a stage's name may have spaces) and `MARK detail TEXT`.
 MARK = "::modelyard-convert::"
 
 
@@ -125,7 +126,8 @@ class Display:
         while not self.stopped.wait(1.0):
             with self.lock:
                 if self.stage_name and time.monotonic() - self.last_plain >= self.QUIET_SECONDS:
-                    self._plain(f"{self.stage_name}: {self.latest or 'still ' + self.stage_text}")
+                    working = f"still working ({time.monotonic() - self.stage_started:.0f} s)"
+                    self._plain(f"{self.stage_name}: {self.latest or working}")
                     self.latest = ""
 
     def end_stage(self) -> None:
@@ -197,7 +199,7 @@ class MarkedLines:
     """The conversion's side of the protocol: stages and details as marked lines on stdout."""
 
     def stage(self, name: str, text: str) -> None:
-        print(f"{MARK} stage {name} {text}", flush=True)
+        print(f"{MARK} stage {name}\t{text}", flush=True)
 
     def detail(self, text: str) -> None:
         print(f"{MARK} detail {text}", flush=True)
@@ -208,7 +210,7 @@ def relay(display: Display) -> Callable[[str], None]:
 
     def show(line: str) -> None:
         if line.startswith(MARK + " stage "):
-            name, _, text = line[len(MARK) + 7 :].partition(" ")
+            name, _, text = line[len(MARK) + 7 :].partition("\t")
             display.stage(name, text)
         elif line.startswith(MARK + " detail "):
             display.detail(line[len(MARK) + 8 :])

@@ -130,6 +130,14 @@ def test_an_explicit_precision_wins_without_a_note(tmp_path, quick_venv):
     assert "precision  int4" in lines and "provider   cuda" in lines
 
 
+def test_fp16_has_no_quantization_stage(tmp_path, quick_venv):
+    done = run_converter(str(smollm2_gguf()), str(tmp_path / "fp16"), "--venv", str(quick_venv), "--precision", "fp16")
+    assert done.returncode == 0, done.stderr
+    lines = without_clock(done.stderr)
+    assert "onnx graph: building the ONNX graph for cpu in fp16" in lines
+    assert not any(line.startswith("quantization") for line in lines)
+
+
 def test_a_failed_step_says_so_with_its_output(tmp_path, quick_venv):
     python = quick_venv / "bin" / "python"
     python.write_text(python.read_text().replace('on_line("quantizing 30 weights")', 'raise RuntimeError("builder: out of memory")'))
@@ -162,9 +170,11 @@ def test_plain_output_repeats_the_latest_detail_when_a_step_is_quiet():
         display.stage("environment", "installing 7 packages with pip")
         display.detail("Collecting torch==2.13.0")
         deadline = time.monotonic() + 30
-        while "environment: Collecting" not in stream.getvalue() and time.monotonic() < deadline:
+        while "still working" not in stream.getvalue() and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         display.close()
     lines = without_clock(stream.getvalue())
     assert lines[:2] == ["environment: installing 7 packages with pip", "environment: Collecting torch==2.13.0"]
+    # Then, with no newer detail, a sign of life.
+    assert re.fullmatch(r"environment: still working \(\d+ s\)", lines[2]), lines
