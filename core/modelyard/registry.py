@@ -243,9 +243,10 @@ class Registry:
         except BadRequest:
             raise BadRequest("invalid model name") from None
         plain_http = (requested or "").startswith("http://")
-        yield ProgressResponse(status="pulling manifest")
         if plain_http and not insecure:
+            # Before the first line, as Ollama checks it: a 500 even when streaming.
             raise RegistryError("insecure protocol http")
+        yield ProgressResponse(status="pulling manifest")
         async with RegistryClient(name, insecure or plain_http, "pull") as client:
             raw = await client.manifest(name.tag)
             try:
@@ -363,8 +364,11 @@ class Registry:
         if model is None:
             raise NotFound(f'model "{requested}" not found')
         raw = model.manifest_path.read_bytes()
+        plain_http = requested.startswith("http://")
         yield ProgressResponse(status="retrieving manifest")
-        async with RegistryClient(name, insecure or requested.startswith("http://"), "push") as client:
+        if plain_http and not insecure:
+            raise RegistryError("insecure protocol http")  # after the first line, as Ollama checks it
+        async with RegistryClient(name, insecure or plain_http, "push") as client:
             for layer in [*model.manifest.layers, model.manifest.config]:
                 async for line in self._push_blob(client, layer):
                     yield line

@@ -116,7 +116,13 @@ def test_pulling_a_missing_tag(server, registry):
 
 
 def test_plain_http_needs_insecure(server, registry):
-    assert lines(server, "/api/pull", {"model": f"http://{registry.host}/library/smol:v1"})[-1] == {"error": "insecure protocol http"}
+    # Ollama checks this before its first progress line on pull (so even a stream gets a 500), after it on push.
+    model = f"http://{registry.host}/library/smol:v1"
+    pulled = httpx.post(server.url + "/api/pull", json={"model": model})
+    assert (pulled.status_code, pulled.json()) == (500, {"error": "insecure protocol http"})
+    assert pulled.headers["content-type"].startswith("application/json")  # one object, not a stream
+    assert httpx.post(server.url + "/api/copy", json={"source": MODEL, "destination": model}).status_code == 200
+    assert lines(server, "/api/push", {"model": model}) == [{"status": "retrieving manifest"}, {"error": "insecure protocol http"}]
 
 
 def test_a_dropped_connection_resumes_with_a_range_and_verifies(server, registry, proxy):
