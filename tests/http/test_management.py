@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import ollama
 import pytest
 from support.registry import LocalRegistry, RegistryProxy
 
@@ -471,6 +472,22 @@ def test_push_to_a_host_that_does_not_resolve_names_the_step(server):
     assert streamed[0] == {"status": "retrieving manifest"}
     assert streamed[-1]["error"].startswith('upload blob: Head "https://registry.invalid/v2/library/smol/blobs/sha256:')
     assert streamed[-1]["error"].endswith('": dial tcp: lookup registry.invalid: no such host')
+
+
+def test_the_official_client_raises_the_cause(server):
+    client = ollama.Client(host=server.url)
+    try:
+        with pytest.raises(ollama.ResponseError) as single:
+            client.pull("registry.invalid/library/smol:v1")
+        with pytest.raises(ollama.ResponseError) as streamed:
+            list(client.pull("registry.invalid/library/smol:v1", stream=True))
+    finally:
+        client._client.close()
+    assert single.value.status_code == 500
+    assert streamed.value.status_code == -1  # an error line in a stream that had begun
+    for raised in (single.value, streamed.value):
+        assert raised.error.startswith('pull model manifest: Get "https://registry.invalid/v2/library/smol/manifests/v1": ')
+        assert raised.error.endswith("lookup registry.invalid: no such host")
 
 
 def test_cli_pull_shows_the_cause(server):
