@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,76 @@ CHUNK = 1 << 20
 
 
 class RegistryError(InternalError):
-    """The registry refused or failed; the message says what the registry said."""
+    """The registry refused or failed: the message names the step, the request and the cause (Ollama's
+    `pull model manifest: Get "https://HOST/v2/...": dial tcp: lookup HOST: no such host`)."""
+
+
+class _OciError(msgspec.Struct):
+    code: str = ""
+    message: str = ""
+
+
+class _OciErrors(msgspec.Struct):
+    errors: list[_OciError] = []
+
+
+def _go_method(method: str) -> str:
+    """`GET` as Go's net/url errors write it (`Get`), so messages read like Ollama's."""
+    return method[:1].upper() + method[1:].lower()
+
+
+def registry_message(response: httpx.Response) -> str:
+    """The registry's own words for a failed request: the messages of its OCI error body
+    (`{"errors": [{"code": ..., "message": ...}]}`), else the body's text, else the reason phrase."""
+    try:
+        body = msgspec.json.decode(response.content, type=_OciErrors)
+        messages = [error.message or error.code.lower().replace("_", " ") for error in body.errors]
+    except msgspec.DecodeError:
+        messages = []
+    text = "; ".join(message for message in messages if message) or response.text.strip() or response.reason_phrase
+    return f"{response.status_code}: {text[:300]}"
+
+
+def _shown(url: str) -> str:
+    """The URL we asked for, without its query: an upload's state token or a signed download's signature
+    does not belong in messages and logs (and a redirect's target is never shown, for the same reason)."""
+    return str(httpx.URL(url).copy_with(query=None))
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception under httpx's wrappers (a gaierror, a refused connect, an SSLError)."""
+    seen = {id(exc)}
+    while (inner := exc.__cause__ or exc.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        exc = inner
+    return exc
+
+
+def transport_cause(exc: httpx.TransportError, url: httpx.URL, action: str) -> str:
+    """Why a request never got an answer, in the words of Go's net package that Ollama's errors show."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    address = f"{url.host}:{port}"
+    cause = _root_cause(exc)
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"dial tcp {address}: i/o timeout"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"read tcp {address}: i/o timeout (the registry stopped answering)"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"tls: failed to verify certificate: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLError):
+        reason = cause.reason or str(cause)
+        return f"tls: handshake with {address} failed ({reason}); if this registry speaks plain http, {action} with --insecure"
+    if isinstance(cause, socket.gaierror):
+        if cause.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+            return f"dial tcp: lookup {url.host}: no such host"
+        return f"dial tcp: lookup {url.host}: {str(cause.strerror).lower()}"
+    if isinstance(cause, ConnectionRefusedError):
+        return f"dial tcp {address}: connect: connection refused"
+    if isinstance(exc, httpx.ConnectError) and isinstance(cause, OSError) and cause.strerror:
+        return f"dial tcp {address}: connect: {cause.strerror.lower()}"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return f"the connection to {address} broke: {exc}"
+    return str(exc) or type(exc).__name__
 
 
 class _Challenge(msgspec.Struct):
@@ -48,11 +119,16 @@ def _parse_challenge(header: str) -> _Challenge | None:
 
 
 class RegistryClient:
-    """One repository (`namespace/model`) of one registry, with bearer tokens fetched on demand."""
+    """One repository (`namespace/model`) of one registry, with bearer tokens fetched on demand.
 
-    def __init__(self, name: ModelName, insecure: bool) -> None:
+    Every failure becomes a `RegistryError` that names the step (`pull model manifest`, `upload blob`...),
+    the request and the cause; `action` (pull or push) is what the TLS hint tells the user to repeat.
+    """
+
+    def __init__(self, name: ModelName, insecure: bool, action: str) -> None:
         scheme = "http" if insecure else "https"
         self.name = name
+        self.action = action
         self.base = f"{scheme}://{name.host}/v2/{name.namespace}/{name.model}"
         self.http = httpx.AsyncClient(follow_redirects=True, timeout=httpx.Timeout(60.0, connect=15.0))
         self.token: str | None = None
@@ -69,39 +145,76 @@ class RegistryClient:
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
 
-    async def _authenticate(self, response: httpx.Response) -> bool:
+    def unreachable(self, step: str, method: str, url: str, exc: httpx.TransportError) -> RegistryError:
+        """The error for a request that got no answer. The cause names the host that failed, which is a
+        redirect's target (a download server) when the registry sent one."""
+        try:
+            failed = exc.request.url
+        except RuntimeError:  # an error raised before any request was made
+            failed = httpx.URL(url)
+        cause = transport_cause(exc, failed, self.action)
+        return RegistryError(f'{step}: {_go_method(method)} "{_shown(url)}": {cause}')
+
+    def refused(self, step: str, method: str, url: str, response: httpx.Response) -> RegistryError:
+        """The error for an answer with a failing status, carrying the registry's own message."""
+        return RegistryError(f'{step}: {_go_method(method)} "{_shown(url)}": {registry_message(response)}')
+
+    async def authenticate(self, step: str, response: httpx.Response) -> bool:
+        """Fetch a bearer token for the challenge in a 401 answer; False when it has none."""
         challenge = _parse_challenge(response.headers.get("www-authenticate", ""))
         if challenge is None:
             return False
         params = {key: value for key, value in (("service", challenge.service), ("scope", challenge.scope)) if value}
-        answer = await self.http.get(challenge.realm, params=params)
+        step = f"{step}: get authorization token"
+        try:
+            answer = await self.http.get(challenge.realm, params=params)
+        except httpx.TransportError as exc:
+            raise self.unreachable(step, "GET", challenge.realm, exc) from exc
         if answer.status_code != 200:
-            raise RegistryError(f"unauthorized: the registry's token service answered {answer.status_code}")
-        body = answer.json()
-        self.token = body.get("token") or body.get("access_token")
+            raise self.refused(step, "GET", challenge.realm, answer)
+        try:
+            body = answer.json()
+            self.token = body.get("token") or body.get("access_token")
+        except (ValueError, AttributeError):
+            raise RegistryError(f'{step}: Get "{_shown(challenge.realm)}": the answer is not a token') from None
         return bool(self.token)
 
-    async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def request(self, step: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """A request, repeated once with a bearer token if the registry challenges it."""
         headers = kwargs.pop("headers", None)
-        response = await self.http.request(method, url, headers=self._headers(headers), **kwargs)
-        if response.status_code == 401 and await self._authenticate(response):
+        try:
             response = await self.http.request(method, url, headers=self._headers(headers), **kwargs)
+            if response.status_code == 401 and await self.authenticate(step, response):
+                response = await self.http.request(method, url, headers=self._headers(headers), **kwargs)
+        except httpx.TransportError as exc:
+            raise self.unreachable(step, method, url, exc) from exc
         if response.status_code == 401:
-            raise RegistryError("unauthorized: access denied")
+            raise RegistryError(f"{step}: unauthorized: access denied")
         return response
+
+    def blob_url(self, digest: str) -> str:
+        return f"{self.base}/blobs/{digest}"
 
     def stream_blob(self, digest: str, offset: int) -> Any:
         headers = self._headers({"Range": f"bytes={offset}-"} if offset else None)
-        return self.http.stream("GET", f"{self.base}/blobs/{digest}", headers=headers)
+        return self.http.stream("GET", self.blob_url(digest), headers=headers)
 
     async def manifest(self, tag: str) -> bytes:
-        response = await self.request("GET", f"{self.base}/manifests/{tag}", headers={"Accept": MANIFEST_MEDIA_TYPE})
+        step, url = "pull model manifest", f"{self.base}/manifests/{tag}"
+        response = await self.request(step, "GET", url, headers={"Accept": MANIFEST_MEDIA_TYPE})
         if response.status_code == 404:
-            raise RegistryError("pull model manifest: file does not exist")
+            raise RegistryError(f"{step}: file does not exist")  # Ollama's words for an unknown model or tag
         if response.status_code != 200:
-            raise RegistryError(f"pull model manifest: registry answered {response.status_code}: {response.text[:200]}")
+            raise self.refused(step, "GET", url, response)
         return response.content
+
+
+class _RetryableStatus(Exception):
+    """A blob download answered with a status worth retrying (a 5xx); the message is the full error."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class _Download:
@@ -130,10 +243,11 @@ class Registry:
         except BadRequest:
             raise BadRequest("invalid model name") from None
         plain_http = (requested or "").startswith("http://")
-        yield ProgressResponse(status="pulling manifest")
         if plain_http and not insecure:
+            # Before the first line, as Ollama checks it: a 500 even when streaming.
             raise RegistryError("insecure protocol http")
-        async with RegistryClient(name, insecure or plain_http) as client:
+        yield ProgressResponse(status="pulling manifest")
+        async with RegistryClient(name, insecure or plain_http, "pull") as client:
             raw = await client.manifest(name.tag)
             try:
                 manifest = msgspec.json.decode(raw, type=Manifest)
@@ -180,14 +294,16 @@ class Registry:
 
     async def _download(self, name: ModelName, insecure: bool, token: str | None, layer: Layer, download: _Download) -> None:
         # Its own connection: the pull that started it may go away while others still wait for it.
-        async with RegistryClient(name, insecure) as client:
+        async with RegistryClient(name, insecure, "pull") as client:
             client.token = token
             await self._download_with(client, layer, download)
 
     async def _download_with(self, client: RegistryClient, layer: Layer, download: _Download) -> None:
         self.store.blobs.mkdir(parents=True, exist_ok=True)
         partial = self.store.partial_path(layer.digest)
+        step = f"pulling {layer.digest[7:19]}"
         failures = 0
+        last_failure = ""
         while True:
             offset = partial.stat().st_size if partial.exists() else 0
             if offset > layer.size:
@@ -198,25 +314,36 @@ class Registry:
                     await self._fetch(client, layer.digest, partial, offset, download)
                 await asyncio.to_thread(self.store.commit_partial, layer.digest)
                 return
-            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+            except httpx.TransportError as exc:
                 failures += 1
-                log.warning("download of %s broke at %d bytes (%s); resuming", layer.digest[:19], download.completed, exc)
+                last_failure = str(client.unreachable(step, "GET", client.blob_url(layer.digest), exc))
+                log.warning("download of %s broke at %d bytes (%s); resuming", layer.digest[:19], download.completed, last_failure)
+            except _RetryableStatus as exc:
+                failures += 1
+                last_failure = exc.message
+                log.warning("%s; retrying", last_failure)
             except ValueError as exc:  # the finished file did not match its digest: start over once
                 failures += 1
                 log.warning("%s", exc)
                 if failures > 2:
-                    raise RegistryError(str(exc)) from exc
+                    raise RegistryError(f"{step}: {exc}") from exc
             if failures > RETRIES:
-                raise RegistryError(f"download of {layer.digest} failed {failures} times")
+                # Ollama's words, then the step and the last cause.
+                raise RegistryError(f"max retries exceeded: {last_failure}")
             await asyncio.sleep(min(2.0, 0.1 * 2**failures))
 
     async def _fetch(self, client: RegistryClient, digest: str, partial: Path, offset: int, download: _Download) -> None:
+        step = f"pulling {digest[7:19]}"
         async with client.stream_blob(digest, offset) as response:
-            if response.status_code == 401 and await client._authenticate(response):
-                raise httpx.TransportError("authenticated; retrying")
-            if response.status_code == 404:
-                raise RegistryError(f"blob {digest} not found in the registry")
-            response.raise_for_status()
+            if response.status_code == 401 and await client.authenticate(step, response):
+                raise _RetryableStatus("authenticated; retrying")
+            if response.status_code >= 400:
+                await response.aread()
+                failure = client.refused(step, "GET", client.blob_url(digest), response)
+                # A server's trouble may pass; a refusal (404 unknown blob, 403 denied) will not.
+                if response.status_code >= 500 or response.status_code in (408, 429):
+                    raise _RetryableStatus(failure.message)
+                raise failure
             if offset and response.status_code != 206:  # the server ignored the range: start over
                 offset = 0
             with open(partial, "r+b" if offset else "wb") as file:
@@ -237,28 +364,32 @@ class Registry:
         if model is None:
             raise NotFound(f'model "{requested}" not found')
         raw = model.manifest_path.read_bytes()
+        plain_http = requested.startswith("http://")
         yield ProgressResponse(status="retrieving manifest")
-        async with RegistryClient(name, insecure or requested.startswith("http://")) as client:
+        if plain_http and not insecure:
+            raise RegistryError("insecure protocol http")  # after the first line, as Ollama checks it
+        async with RegistryClient(name, insecure or plain_http, "push") as client:
             for layer in [*model.manifest.layers, model.manifest.config]:
                 async for line in self._push_blob(client, layer):
                     yield line
             yield ProgressResponse(status="pushing manifest")
-            response = await client.request(
-                "PUT", f"{client.base}/manifests/{name.tag}", content=raw, headers={"Content-Type": MANIFEST_MEDIA_TYPE}
-            )
+            step, url = "push model manifest", f"{client.base}/manifests/{name.tag}"
+            response = await client.request(step, "PUT", url, content=raw, headers={"Content-Type": MANIFEST_MEDIA_TYPE})
             if response.status_code not in (200, 201):
-                raise RegistryError(f"push manifest: registry answered {response.status_code}: {response.text[:300]}")
+                raise client.refused(step, "PUT", url, response)
         yield ProgressResponse(status="success")
 
     async def _push_blob(self, client: RegistryClient, layer: Layer) -> AsyncIterator[ProgressResponse]:
         status = f"pushing {layer.digest[7:19]}"
-        head = await client.request("HEAD", f"{client.base}/blobs/{layer.digest}")
+        step = "upload blob"
+        head = await client.request(step, "HEAD", client.blob_url(layer.digest))
         if head.status_code == 200:
             yield ProgressResponse(status=status, digest=layer.digest, total=layer.size, completed=layer.size)
             return
-        start = await client.request("POST", f"{client.base}/blobs/uploads/")
+        uploads = f"{client.base}/blobs/uploads/"
+        start = await client.request(step, "POST", uploads)
         if start.status_code != 202 or "location" not in start.headers:
-            raise RegistryError(f"push: the registry refused an upload ({start.status_code}): {start.text[:200]}")
+            raise client.refused(step, "POST", uploads, start)
         location = str(httpx.URL(client.base).join(start.headers["location"]))
         separator = "&" if "?" in location else "?"
         sent = 0
@@ -273,6 +404,7 @@ class Registry:
 
         upload = asyncio.create_task(
             client.request(
+                step,
                 "PUT",
                 f"{location}{separator}digest={layer.digest}",
                 content=body(),
@@ -288,5 +420,5 @@ class Registry:
                 upload.cancel()
         response = upload.result()
         if response.status_code != 201:
-            raise RegistryError(f"push: uploading {layer.digest} failed ({response.status_code}): {response.text[:200]}")
+            raise client.refused(step, "PUT", location, response)
         yield ProgressResponse(status=status, digest=layer.digest, total=layer.size, completed=layer.size)

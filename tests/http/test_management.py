@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,11 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import ollama
 import pytest
 from support.registry import LocalRegistry, RegistryProxy
 
 from modelyard.bundled import smollm2_gguf
 from modelyard.launcher import ServerProcess
+from modelyard.registry import transport_cause
 
 MODEL = "smollm2:135m"
 SMOLLM2_DIGEST = "sha256:" + hashlib.sha256(smollm2_gguf().read_bytes()).hexdigest()
@@ -114,7 +117,13 @@ def test_pulling_a_missing_tag(server, registry):
 
 
 def test_plain_http_needs_insecure(server, registry):
-    assert lines(server, "/api/pull", {"model": f"http://{registry.host}/library/smol:v1"})[-1] == {"error": "insecure protocol http"}
+    # Ollama checks this before its first progress line on pull (so even a stream gets a 500), after it on push.
+    model = f"http://{registry.host}/library/smol:v1"
+    pulled = httpx.post(server.url + "/api/pull", json={"model": model})
+    assert (pulled.status_code, pulled.json()) == (500, {"error": "insecure protocol http"})
+    assert pulled.headers["content-type"].startswith("application/json")  # one object, not a stream
+    assert httpx.post(server.url + "/api/copy", json={"source": MODEL, "destination": model}).status_code == 200
+    assert lines(server, "/api/push", {"model": model}) == [{"status": "retrieving manifest"}, {"error": "insecure protocol http"}]
 
 
 def test_a_dropped_connection_resumes_with_a_range_and_verifies(server, registry, proxy):
@@ -389,3 +398,113 @@ def test_cli_create_cp_rm_push_pull(server, registry, tmp_path):
     assert remote in names(server)
     failed = cli("pull", "--insecure", f"{registry.host}/library/cli:missing")
     assert failed.returncode == 1 and "file does not exist" in failed.stderr
+
+
+# --- errors that name their cause -------------------------------------------------------------------
+# Only loopback and `.invalid` names (which never resolve): no traffic leaves the machine.
+
+
+def pull_error(server: ServerProcess, body: dict) -> str:
+    """The error of a failed pull, checked in both forms: the last NDJSON line and the 500 of `stream: false`."""
+    streamed = lines(server, "/api/pull", body)
+    assert streamed[0] == {"status": "pulling manifest"}
+    assert list(streamed[-1]) == ["error"], streamed
+    single = httpx.post(server.url + "/api/pull", json={**body, "stream": False}, timeout=120)
+    assert (single.status_code, single.json()) == (500, streamed[-1])
+    return streamed[-1]["error"]
+
+
+def test_pull_from_a_host_that_does_not_resolve_names_the_step_and_the_host(server):
+    assert pull_error(server, {"model": "registry.invalid/library/smol:v1"}) == (
+        'pull model manifest: Get "https://registry.invalid/v2/library/smol/manifests/v1": '
+        "dial tcp: lookup registry.invalid: no such host"
+    )
+
+
+def test_pull_from_a_closed_port_says_connection_refused(server):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound but not listening: a connect is refused, and no one can take the port
+        host = f"127.0.0.1:{closed.getsockname()[1]}"
+        assert pull_error(server, {"model": f"{host}/library/smol:v1", "insecure": True}) == (
+            f'pull model manifest: Get "http://{host}/v2/library/smol/manifests/v1": dial tcp {host}: connect: connection refused'
+        )
+
+
+def test_https_to_a_plain_http_registry_says_tls_and_suggests_insecure(server, registry):
+    message = pull_error(server, {"model": f"{registry.host}/library/smol:v1"})
+    prefix = f'pull model manifest: Get "https://{registry.host}/v2/library/smol/manifests/v1": tls: handshake with {registry.host} failed'
+    assert message.startswith(prefix), message
+    assert message.endswith("if this registry speaks plain http, pull with --insecure")
+
+
+def test_a_registry_error_carries_the_registrys_own_message(server, registry):
+    remote = push_bundled(server, registry.host, "gone")
+    forget_locally(server, remote)
+    # The registry forgets the model's blob while its manifest stays: the pull's download is refused.
+    deleted = httpx.delete(f"http://{registry.host}/v2/library/smol/blobs/{SMOLLM2_DIGEST}")
+    assert deleted.status_code == 202, deleted.text
+    message = pull_error(server, {"model": remote, "insecure": True})
+    assert message == (
+        f'pulling {SMOLLM2_DIGEST[7:19]}: Get "http://{registry.host}/v2/library/smol/blobs/{SMOLLM2_DIGEST}": '
+        "404: blob unknown to registry"
+    )
+    assert remote not in names(server)
+
+
+def test_a_push_refused_by_the_registry_carries_its_message(server, tmp_path):
+    read_only = LocalRegistry(tmp_path / "read-only", read_only=True)
+    try:
+        remote = f"{read_only.host}/library/smol:v1"
+        assert httpx.post(server.url + "/api/copy", json={"source": MODEL, "destination": remote}).status_code == 200
+        streamed = lines(server, "/api/push", {"model": remote, "insecure": True})
+        single = httpx.post(server.url + "/api/push", json={"model": remote, "insecure": True, "stream": False}, timeout=120)
+    finally:
+        read_only.stop()
+    expected = f'upload blob: Post "http://{read_only.host}/v2/library/smol/blobs/uploads/": 405: Method not allowed'  # its plain-text body
+    assert streamed[-1] == {"error": expected}
+    assert (single.status_code, single.json()) == (500, {"error": expected})
+
+
+def test_push_to_a_host_that_does_not_resolve_names_the_step(server):
+    remote = "registry.invalid/library/smol:v1"
+    assert httpx.post(server.url + "/api/copy", json={"source": MODEL, "destination": remote}).status_code == 200
+    streamed = lines(server, "/api/push", {"model": remote})
+    assert streamed[0] == {"status": "retrieving manifest"}
+    assert streamed[-1]["error"].startswith('upload blob: Head "https://registry.invalid/v2/library/smol/blobs/sha256:')
+    assert streamed[-1]["error"].endswith('": dial tcp: lookup registry.invalid: no such host')
+
+
+def test_the_official_client_raises_the_cause(server):
+    client = ollama.Client(host=server.url)
+    try:
+        with pytest.raises(ollama.ResponseError) as single:
+            client.pull("registry.invalid/library/smol:v1")
+        with pytest.raises(ollama.ResponseError) as streamed:
+            list(client.pull("registry.invalid/library/smol:v1", stream=True))
+    finally:
+        client._client.close()
+    assert single.value.status_code == 500
+    assert streamed.value.status_code == -1  # an error line in a stream that had begun
+    for raised in (single.value, streamed.value):
+        assert raised.error.startswith('pull model manifest: Get "https://registry.invalid/v2/library/smol/manifests/v1": ')
+        assert raised.error.endswith("lookup registry.invalid: no such host")
+
+
+def test_cli_pull_shows_the_cause(server):
+    env = {**os.environ, "OLLAMA_HOST": server.url}
+    failed = subprocess.run(
+        [sys.executable, "-m", "modelyard", "pull", "registry.invalid/library/smol:v1"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert failed.returncode == 1
+    assert "pull model manifest: " in failed.stderr and "lookup registry.invalid: no such host" in failed.stderr
+
+
+@pytest.mark.parametrize(
+    ("failure", "cause"),
+    [
+        (httpx.ConnectTimeout("timed out"), "dial tcp registry.invalid:443: i/o timeout"),
+        (httpx.ReadTimeout("timed out"), "read tcp registry.invalid:443: i/o timeout (the registry stopped answering)"),
+    ],
+)
+def test_timeouts_are_described_like_gos_net_errors(failure, cause):
+    assert transport_cause(failure, httpx.URL("https://registry.invalid/v2/"), "pull") == cause

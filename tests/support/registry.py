@@ -18,7 +18,11 @@ TOKEN = "secret-token"
 
 
 class LocalRegistry:
-    def __init__(self, root: Path) -> None:
+    """`docker-registry serve` on a free loopback port; `read_only` refuses every write (its maintenance
+    mode), which gives a push a real registry error to report."""
+
+    def __init__(self, root: Path, read_only: bool = False) -> None:
+        root.mkdir(parents=True, exist_ok=True)
         binary = shutil.which("docker-registry")
         if binary is None:
             raise RuntimeError("docker-registry is not installed: apt-get install docker-registry (.ci/run does)")
@@ -28,7 +32,8 @@ class LocalRegistry:
         config.write_text(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
             f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: {self.host}\n"
+            + ("  maintenance:\n    readonly:\n      enabled: true\n" if read_only else "")
+            + f"http:\n  addr: {self.host}\n"
         )
         self.log = open(root / "registry.log", "wb")
         self.process = subprocess.Popen([binary, "serve", str(config)], stdout=self.log, stderr=subprocess.STDOUT)
