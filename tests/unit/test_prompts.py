@@ -101,3 +101,22 @@ def test_a_jinja_template_that_drops_the_final_message_cannot_continue_it():
     template = ChatTemplate("{% for message in messages if message['role'] == 'user' %}{{ message['content'] }}{% endfor %}")
     with pytest.raises(BadRequest):
         template.render([message("user", "Count."), message("assistant", "1, 2,")])
+
+
+def test_the_modelfile_of_the_bundled_smollm2_parses_back_to_its_layers(tmp_path):
+    from modelyard.bundled import SMOLLM2, install_smollm2
+    from modelyard.modelfile import parse_modelfile
+    from modelyard.models import modelfile_quote, modelfile_text
+    from modelyard.store import ModelStore
+
+    store = ModelStore(tmp_path / "models")
+    install_smollm2(store)
+    parsed = parse_modelfile(modelfile_text(store.find(SMOLLM2.name)))
+    assert parsed.template == SMOLLM2.template
+    assert parsed.system == SMOLLM2.system
+    assert parsed.parameters == {"stop": ["<|im_start|>", "<|im_end|>"]}
+    # Ollama's quoting: triple quotes only for a multi-line value that holds a quote.
+    quoted = modelfile_quote("a\nb")
+    assert quoted == '"a\nb"'
+    assert parse_modelfile("FROM x\nLICENSE " + quoted + "\n").licenses == ["a\nb"]
+    assert modelfile_quote(' "x"\n') == '""" "x"\n"""'
