@@ -194,7 +194,10 @@ def _write_bundled(store: ModelStore, bundled: BundledModel, model_layer: Layer,
     for media_type, text in texts:
         if text is not None:
             layers.append(_text_layer(store, media_type, text.encode()))
-    manifest = Manifest(config=store.config_for_gguf(model_layer), layers=layers)
+    # The config depends on the weights alone: reuse the store's (reading a GGUF header takes seconds).
+    same_weights = existing is not None and _model_layer(existing) == model_layer
+    config = existing.manifest.config if same_weights else store.config_for_gguf(model_layer)
+    manifest = Manifest(config=config, layers=layers)
     if existing is not None and existing.manifest == manifest:
         return False
     store.write_manifest(bundled.name, manifest)
