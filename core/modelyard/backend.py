@@ -90,6 +90,7 @@ class Completion(msgspec.Struct, kw_only=True):
     options: Options
     messages: list[Message] | None = None  # to be rendered with the model's chat template
     prompt: str | None = None  # used as is (raw generate, or a prompt rendered by the core)
+    conversation: list[Message] | None = None  # what the core rendered `prompt` from (a Go template)
     suffix: str = ""
     context: list[int] | None = None  # token ids from an earlier generate, prepended to the prompt
     want_context: bool = False  # return the token ids in Done.context

@@ -37,14 +37,24 @@ class ChatTemplate:
         self.eos_token = eos_token
 
     def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
+        """The prompt for the next assistant turn; a conversation that ends with an assistant message is
+        continued instead: rendered without the generation prompt and cut right after that message's
+        text, as Hugging Face's `continue_final_message` does (Ollama leaves that turn open too)."""
+        final = messages[-1].content.strip() if messages and messages[-1].role == "assistant" else ""
         try:
-            return self.template.render(
+            text = self.template.render(
                 # `content` is always there for templates, even when empty (the wire type omits it then).
                 messages=[{**msgspec.to_builtins(message), "content": message.content} for message in messages],
                 tools=tools or None,
-                add_generation_prompt=True,
+                add_generation_prompt=not final,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
             )
         except jinja2.TemplateError as exc:
             raise BadRequest(f"the chat template could not render the messages: {exc}") from exc
+        if final:
+            end = text.rfind(final)
+            if end < 0:
+                raise BadRequest("the chat template does not show the final assistant message, so it cannot be continued")
+            text = text[: end + len(final)]
+        return text

@@ -6,6 +6,8 @@ tokenizer, a recursive-descent parser to a small tree, and an evaluator. Error m
 
 Data is a dict keyed by Go field names ({"System": ..., "Messages": [{"Role": ..., "Content": ...}]}); a field
 also resolves to an attribute (or a method, which is called) of any other object. None stands for Go's nil.
+An object whose type has `__go_json__()` stands for a Go type whose String method marshals JSON (Ollama's
+api.Tools): it prints, and `json` encodes it, as the JSON of what that method returns.
 
 Where this differs from Go on purpose:
 - A missing field or map key gives None, and None prints as an empty string, not Go's "<no value>". Ollama
@@ -831,6 +833,8 @@ def _format_value(value: Any) -> str:
     """Go's %v."""
     if value is None:
         return "<nil>"
+    if hasattr(type(value), "__go_json__"):
+        return _to_json(value)  # a type whose String method marshals JSON (Ollama's api.Tools, api.Tool)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -885,6 +889,8 @@ def _to_json(value: Any) -> str:
     """Go's json.Marshal: compact, HTML-safe; ValueError where Go's fails (NaN, infinities, unknown types)."""
     if value is None:
         return "null"
+    if hasattr(type(value), "__go_json__"):
+        return _to_json(value.__go_json__())
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -1107,3 +1113,35 @@ class GoTemplate:
         executor = _Executor(self.source, data)
         executor.walk(self.nodes, data)
         return "".join(executor.output)
+
+    def cut_after_field(self, name: str) -> GoTemplate:
+        """A copy that ends with the first action that reads `.<name>`: what follows it, in tree order, is gone.
+
+        Ollama renders the last turn of a template without `.Messages` this way, cut after
+        `{{ .Response }}`, so that a conversation ending with an assistant message is left open.
+        Conditions of if/with/range are not searched, as Ollama's deleteNode does not search them.
+        """
+        cut = False
+
+        def reads(pipeline: _Pipeline) -> bool:
+            return any(isinstance(arg, _Field) and name in arg.names for command in pipeline.commands for arg in command.args)
+
+        def walk(nodes: list[Any]) -> list[Any]:
+            nonlocal cut
+            kept = []
+            for node in nodes:
+                if cut:
+                    break
+                if isinstance(node, _Action) and reads(node.pipeline):
+                    cut = True
+                elif isinstance(node, _Control):
+                    body = walk(node.body)
+                    else_body = None if node.else_body is None else walk(node.else_body)
+                    node = _Control(node.keyword, node.pipeline, body, else_body)
+                kept.append(node)
+            return kept
+
+        copy = GoTemplate.__new__(GoTemplate)
+        copy.source = self.source
+        copy.nodes = walk(self.nodes)
+        return copy

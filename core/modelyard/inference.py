@@ -23,7 +23,7 @@ from .errors import BadRequest, NotFound
 from .names import ModelName, strip_source
 from .options import Format, Options, merge_options, parse_format, parse_keep_alive, parse_options
 from .plugins import Backends
-from .prompt import render_go_template
+from .prompt import model_capabilities, render_go_template
 from .scheduler import Lease, Scheduler
 from .store import ModelStore, StoredModel
 from .wire import ChatRequest, ChatResponse, GenerateRequest, GenerateResponse, Message, ResponseMessage
@@ -98,7 +98,7 @@ class Inference:
     ) -> tuple[Backend, frozenset[str]]:
         """The backend that runs the model, after the capability checks both endpoints share."""
         backend = self.backends.for_model(model)
-        capabilities = backend.capabilities(model)
+        capabilities = model_capabilities(model, backend)
         if COMPLETION not in capabilities:
             raise BadRequest(f'"{requested}" does not support {verb}')
         _check_think(think, requested, capabilities)
@@ -160,7 +160,7 @@ class Inference:
                 template = request.template or model.template
                 if template:
                     completion.prompt = render_go_template(template, messages, suffix=request.suffix or "")
-                    completion.messages = None
+                    completion.messages, completion.conversation = None, messages
             async with aclosing(lease.model.generate(completion)) as events:
                 async for event in events:
                     if isinstance(event, TextDelta):
@@ -216,7 +216,7 @@ class Inference:
             )
             if model.template:
                 completion.prompt = render_go_template(model.template, prompt_messages, request.tools)
-                completion.messages = None
+                completion.messages, completion.conversation = None, prompt_messages
             async with aclosing(lease.model.generate(completion)) as events:
                 async for event in events:
                     if isinstance(event, TextDelta):

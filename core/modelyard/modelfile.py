@@ -40,6 +40,12 @@ def _argument(text: str, position: int) -> tuple[str, int]:
             raise ModelfileError("unterminated triple-quoted string")
         newline = text.find("\n", end + 3)
         return text[start + 3 : end], len(text) if newline < 0 else newline + 1
+    if rest.startswith('"'):
+        # "quoted", possibly over several lines (Ollama quotes a multi-line value without quotes so).
+        end = text.find('"', start + 1)
+        newline = text.find("\n", end + 1) if end >= 0 else -1
+        if end >= 0 and not text[end + 1 : len(text) if newline < 0 else newline].strip():
+            return text[start + 1 : end], len(text) if newline < 0 else newline + 1
     newline = text.find("\n", start)
     line_end = len(text) if newline < 0 else newline
     value = text[start:line_end].strip()

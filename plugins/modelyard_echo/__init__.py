@@ -63,9 +63,10 @@ class EchoModel:
 
     async def generate(self, completion: Completion) -> AsyncIterator[Event]:
         started = time.perf_counter_ns()
-        if completion.messages:
-            prompt = next((m.content for m in reversed(completion.messages) if m.role == "user"), "")
-            conversation = " ".join(m.content for m in completion.messages)
+        messages = completion.messages or completion.conversation  # echo the words, not a template's markup
+        if messages:
+            prompt = next((m.content for m in reversed(messages) if m.role == "user"), "")
+            conversation = " ".join(m.content for m in messages)
         else:
             prompt = conversation = completion.prompt or ""
         # A word is a token here: the whole conversation must fit the context.

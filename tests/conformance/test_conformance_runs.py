@@ -246,8 +246,9 @@ class ReverseModel:
 
     async def generate(self, completion: Completion):
         started = time.perf_counter_ns()
-        if completion.messages:
-            prompt = next((m.content for m in reversed(completion.messages) if m.role == "user"), "")
+        messages = completion.messages or completion.conversation  # words, not a Go template's markup
+        if messages:
+            prompt = next((m.content for m in reversed(messages) if m.role == "user"), "")
         else:
             prompt = completion.prompt or ""
         if FAIL_BEFORE in prompt:
