@@ -161,10 +161,19 @@ class Engine:
         if completion.messages is not None:
             messages = msgspec.json.encode(completion.messages).decode()
             tools = json.dumps(completion.tools) if completion.tools else None
+            # A conversation that ends with an assistant message is continued, as on llama.cpp: rendered
+            # without the generation prompt and cut right after that message's text.
+            last = completion.messages[-1] if completion.messages else None
+            final = last.content.strip() if last is not None and last.role == "assistant" else ""
             try:
-                text = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True)
+                text = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=not final)
             except RuntimeError as exc:
                 raise InternalError(f"the model's chat template failed: {exc}") from exc
+            if final:
+                end = text.rfind(final)
+                if end < 0:
+                    raise BadRequest("the chat template does not show the final assistant message, so it cannot be continued")
+                text = text[: end + len(final)]
         else:
             text = completion.prompt or ""
         tokens = [int(token) for token in self.tokenizer.encode(text)] if text else []

@@ -105,3 +105,19 @@ def test_the_server_answers_while_a_long_prompt_is_evaluated(url, real_model):
     worker.join()
     assert result["prompt_eval_count"] > 600
     assert answered < 0.5 * result["prompt_eval_duration"] / 1e9
+
+
+def test_a_trailing_assistant_message_is_continued(url, real_model):
+    """As on llama.cpp: the last assistant turn stays open and the answer goes on from "4,"."""
+    counting = [
+        {"role": "user", "content": "Count from 1 to 10, separated by commas."},
+        {"role": "assistant", "content": "1, 2, 3, 4,"},
+    ]
+    options = {"temperature": 0, "num_predict": 16}
+    answer = ask(url, "/api/chat", {"model": real_model, "messages": counting, "options": options})
+    text = answer["message"]["content"]
+    assert "5" in text
+    assert not text.lstrip().startswith("1,")
+    # Continued means no new turn was opened: the prompt is shorter than the same chat answered anew.
+    anew = ask(url, "/api/chat", {"model": real_model, "messages": [*counting, {"role": "user", "content": "Go on."}], "options": {"num_predict": 1}})
+    assert answer["prompt_eval_count"] < anew["prompt_eval_count"]
