@@ -38,8 +38,8 @@ from modelyard.store import StoredModel
 from modelyard.text import StopSequences
 
 INSTALL_HINT = (
-    "the llamacpp backend needs llama-cpp-python: install modelyard as README.md says "
-    "(it builds llama-cpp-python with flags that work on this CPU)"
+    "the llamacpp backend needs llama-cpp-python: pip install 'modelyard[llamacpp]' "
+    "(README.md tells which build flags work on this CPU)"
 )
 
 
