@@ -1,9 +1,10 @@
 """Run one case in one streaming mode against a target, over HTTP.
 
 Besides what a case expects, every response must keep the contract that holds for all of them: the status
-and content type, JSON bodies that decode through modelyard's wire types (so a field of the wrong type or a
-missing required field fails), error bodies that are exactly `{"error": "..."}`, and NDJSON streams whose
-lines each end in a newline, decode, and end with one final line (`done: true`) or one error line.
+and content type, JSON bodies that decode through the API's response types (contract.py), so a field of the
+wrong type or a missing required field fails, error bodies that are exactly `{"error": "..."}`, and NDJSON
+streams whose lines each end in a newline, decode, and end with one final line (`done: true`) or one error
+line.
 """
 
 from __future__ import annotations
@@ -17,23 +18,11 @@ from typing import Any
 import httpx
 import msgspec
 
-from modelyard import wire
-
 from .checks import MISSING, Check, check_paths, failures, resolve
+from .contract import RESPONSE_TYPES
 from .schema import Case, CompiledExpect, Request, Step
 from .target import Target
 
-RESPONSE_TYPES: dict[str, type[msgspec.Struct]] = {
-    "/api/generate": wire.GenerateResponse,
-    "/api/chat": wire.ChatResponse,
-    "/api/tags": wire.ListResponse,
-    "/api/show": wire.ShowResponse,
-    "/api/ps": wire.ProcessResponse,
-    "/api/version": wire.VersionResponse,
-    "/api/pull": wire.ProgressResponse,
-    "/api/push": wire.ProgressResponse,
-    "/api/create": wire.ProgressResponse,
-}
 TEXT_FIELDS = {"/api/generate": "response", "/api/chat": "message.content"}
 MIME_KINDS = {"application/json": "json", "application/x-ndjson": "ndjson", "text/plain": "text"}
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -5,6 +5,7 @@ Imported by the pytest plugin only when the suite is asked for, so an inert plug
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from .report import Report
 from .runner import CaseFailure, requirement_problem, run_case
 from .schema import Case, DataError, Expectations, KnownGap, expectations_dir, load_case_file, load_expectations
 from .schema import resolve_expectations
-from .target import Target, TargetError
+from .target import NEEDS_MODELYARD, Target, TargetError
 
 STATE = pytest.StashKey["ConformanceState"]()
 
@@ -69,6 +70,9 @@ class ConformanceState:
                 raise pytest.UsageError(f"--server-env {item!r}: expected KEY=VALUE")
         if self.create_from is not None and not self.create_from.exists():
             raise pytest.UsageError(f"--create-from {self.create_from}: no such file or folder")
+        if (self.backend or self.create_from) and importlib.util.find_spec("modelyard") is None:
+            option = "--backend" if self.backend else "--create-from"
+            raise pytest.UsageError(f"modelyard conformance: {option} {NEEDS_MODELYARD}")
 
     def target(self) -> Target:
         """The server under test, started or reached at the first case that needs it."""

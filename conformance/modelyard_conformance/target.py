@@ -14,26 +14,59 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from modelyard.modelfile import ModelfileError, create_request, source_modelfile
-from modelyard.names import ModelName
-from modelyard.store import sha256_file
-
 from .fake_registry import FakeRegistry
+
+DEFAULT_HOST = "registry.ollama.ai"
+DEFAULT_NAMESPACE = "library"
+DEFAULT_TAG = "latest"
+# `--backend` starts modelyard's server and `--create-from` reads Modelfiles with its parser: both import
+# modelyard, which the suite does not depend on (session.py checks it is there).
+NEEDS_MODELYARD = "needs modelyard installed besides the suite (pip install modelyard)"
 
 
 class TargetError(RuntimeError):
     """The server under test could not be started or reached, or lacks the model under test."""
 
 
+def model_name_parts(model: str) -> tuple[str, str, str, str]:
+    """Host, namespace, model and tag of `[host/][namespace/]model[:tag][@digest]`, with Ollama's defaults.
+    The server validates the name; the suite only spells it the ways the server will."""
+    rest = model.split("://", 1)[1] if "://" in model else model
+    rest = rest.partition("@")[0]
+    tag = DEFAULT_TAG
+    colon, slash = rest.rfind(":"), rest.rfind("/")
+    if colon > slash:
+        rest, tag = rest[:colon], rest[colon + 1 :]
+    parts = rest.split("/")
+    namespace = parts[-2] if len(parts) >= 2 else DEFAULT_NAMESPACE
+    host = parts[-3] if len(parts) >= 3 else DEFAULT_HOST
+    return host, namespace, parts[-1], tag
+
+
 def model_variables(model: str) -> dict[str, str]:
     """The names a case can use for the model under test (`${model}`, `${model_display}`, ...)."""
-    name = ModelName.parse(model)
+    host, namespace, name, tag = model_name_parts(model)
+    # How /api/tags and /api/ps name it (Ollama's DisplayShortest): always with a tag.
+    if host.lower() != DEFAULT_HOST:
+        display = f"{host}/{namespace}/{name}:{tag}"
+    elif namespace.lower() != DEFAULT_NAMESPACE:
+        display = f"{namespace}/{name}:{tag}"
+    else:
+        display = f"{name}:{tag}"
     return {
         "model": model,
-        "model_display": name.display,  # how /api/tags and /api/ps name it: always with a tag
-        "model_fqn": name.fully_qualified,  # registry.ollama.ai/library/smollm2:135m
+        "model_display": display,
+        "model_fqn": f"{host}/{namespace}/{name}:{tag}",  # registry.ollama.ai/library/smollm2:135m
         "model_upper": model.upper(),  # the same model: names match case-insensitively
     }
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def run_variables() -> dict[str, str]:
@@ -150,6 +183,8 @@ class Target:
 
     def create_model(self, source: Path) -> None:
         """Create the model under test from a Modelfile, a model folder or a GGUF file, as `modelyard create`."""
+        from modelyard.modelfile import ModelfileError, create_request, source_modelfile
+
         try:
             modelfile, base = source_modelfile(source)
             body = create_request(modelfile, base, self.upload)

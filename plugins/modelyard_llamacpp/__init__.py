@@ -40,8 +40,8 @@ from modelyard.text import StopSequences
 
 MIN_CONTEXT = 4  # Ollama's scheduler raises a smaller num_ctx to 4
 INSTALL_HINT = (
-    "the llamacpp backend needs llama-cpp-python: install modelyard as README.md says "
-    "(it builds llama-cpp-python with flags that work on this CPU)"
+    "the llamacpp backend needs llama-cpp-python: pip install 'modelyard[llamacpp]' "
+    "(README.md tells which build flags work on this CPU)"
 )
 
 
