@@ -265,8 +265,11 @@ def create(client: Client, args: argparse.Namespace) -> int:
 
 
 def conformance(args: argparse.Namespace) -> int:
-    from modelyard_conformance.cli import conformance_main
-
+    try:
+        from modelyard_conformance.cli import conformance_main
+    except ImportError:  # the suite is its own distribution, an extra of the server
+        print("modelyard conformance needs the suite: pip install 'modelyard[conformance]'", file=sys.stderr)
+        return 1
     return conformance_main(args.rest)
 
 
