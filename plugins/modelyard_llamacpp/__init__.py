@@ -29,7 +29,6 @@ from modelyard.backend import (
     fit_context,
     iterate_in_thread,
 )
-from modelyard.chat_template import ChatTemplate
 from modelyard.errors import BackendUnavailable, BadRequest, InternalError
 from modelyard.gguf import FILE_TYPES
 from modelyard.hookspecs import hookimpl
@@ -142,6 +141,7 @@ class LlamaCppBackend:
 class LlamaCppModel:
     def __init__(self, llm: Any, model: StoredModel, n_ctx: int) -> None:
         import llama_cpp
+        from modelyard.chat_template import ChatTemplate  # jinja2: loaded with the first model, not at start
 
         self.llm = llm
         self.n_ctx = n_ctx
