@@ -85,6 +85,15 @@ class Metadata(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._values)
 
+    def array_item(self, key: str, index: int) -> Any:
+        """One item of an array value (IndexError if out of range), reading no more of the file than needed."""
+        value = self._values[key]
+        if not isinstance(value, _ArraySpan):
+            return value[index]
+        if not 0 <= index < value.count:
+            raise IndexError(f"{key} has {value.count} items")
+        return _read_array(self.path, value, index)
+
     def array_length(self, key: str) -> int | None:
         """The number of items of an array value, without reading it (None for other values)."""
         value = self._values.get(key)
@@ -204,11 +213,19 @@ def read_header(path: Path) -> GGUFHeader:
             cursor.buffer.release()
 
 
-def _read_array(path: Path, span: _ArraySpan) -> list[Any]:
+def _read_array(path: Path, span: _ArraySpan, index: int | None = None) -> Any:
+    """The items of an array left in the file, or only the one at `index`."""
     with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         cursor = _Cursor(memoryview(mapped))
         try:
             cursor.offset = span.offset
+            if index is not None:
+                if span.item_type in _SCALARS:
+                    cursor.offset += struct.calcsize(_SCALARS[span.item_type]) * index
+                else:  # strings: step over the ones before it
+                    for _ in range(index):
+                        cursor.offset += 8 + cursor.unpack("<Q")
+                return cursor.value(span.item_type)
             if span.item_type in _SCALARS and span.item_type != 7:
                 fmt = _SCALARS[span.item_type]
                 end = span.offset + struct.calcsize(fmt) * span.count

@@ -183,7 +183,7 @@ def main() -> int:
     server.stop()
     print("models:", ", ".join(m["name"] for m in tags["models"]))
 
-    root_times, root_cpu, token_times, token_cpu, idle, idle_tags, loaded = [], [], [], [], [], [], []
+    root_times, root_cpu, token_times, token_cpu, idle, idle_tags, loaded, loaded_tags = ([] for _ in range(8))
     for _ in range(args.launches):
         server = Server(args.python, store, log)
         try:
@@ -200,6 +200,8 @@ def main() -> int:
             token_times.append(server.first_token())
             token_cpu.append(cpu_seconds(server.process.pid))
             loaded.append(rss_mb(server.process.pid))
+            http_request(server.port, "GET", "/api/tags")
+            loaded_tags.append(rss_mb(server.process.pid))
         finally:
             server.stop()
 
@@ -226,7 +228,11 @@ def main() -> int:
     print(f"launch -> first token:      {seconds(token_times)}; server CPU {median(token_cpu):.2f} s")
     print(f"RSS idle:                   median {median(idle):.0f} MB; after one /api/tags {median(idle_tags):.0f} MB")
     print(f"RSS with {MODEL} loaded: median {median(loaded):.0f} MB (num_ctx {NUM_CTX}, num_batch {NUM_BATCH})")
-    print(f"RSS raw llama_cpp.Llama:    median {median(raw):.0f} MB; server - raw: {median(loaded) - median(raw):.0f} MB")
+    print(f"  after one /api/tags:      median {median(loaded_tags):.0f} MB")
+    print(
+        f"RSS raw llama_cpp.Llama:    median {median(raw):.0f} MB; server - raw: {median(loaded) - median(raw):.0f} MB, "
+        f"after /api/tags {median(loaded_tags) - median(raw):.0f} MB"
+    )
     for path, values in rates.items():
         print(f"{path:<13} requests/s:  median {median(values):.0f}  (" + ", ".join(f"{v:.0f}" for v in values) + f"; {args.connections} connections)")
     return 0

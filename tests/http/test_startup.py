@@ -76,6 +76,7 @@ def test_header_leaves_long_arrays_in_the_file_and_reads_them_when_asked():
     assert metadata.array_length("general.architecture") is None
     tokens = metadata["tokenizer.ggml.tokens"]
     assert len(tokens) == 49152 and tokens[:3] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    assert [metadata.array_item("tokenizer.ggml.tokens", i) for i in (1, 49151)] == [tokens[1], tokens[49151]]
     assert len(metadata.get("tokenizer.ggml.merges")) == 48900
     assert dict(metadata.items())["tokenizer.ggml.token_type"][:2] == [3, 3]
     held = vars(metadata)["_values"].values()  # what the header keeps between requests
