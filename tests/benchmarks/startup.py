@@ -74,9 +74,12 @@ def http_request(port: int, method: str, path: str, body: bytes = b"", timeout: 
 
 
 class Server:
-    def __init__(self, python: str, store: Path, log: Path) -> None:
+    def __init__(self, python: str, store: Path, log: Path, pycache: Path | None) -> None:
         self.port = free_port()
         env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{self.port}", "MODELYARD_MODELS": str(store)}
+        if pycache is not None:  # compiled modules kept, as an installed package has them
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = str(pycache)
         self.log = open(log, "ab")
         self.launched = time.perf_counter()
         self.process = subprocess.Popen([python, "-m", "modelyard", "serve"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -169,23 +172,34 @@ def main() -> int:
     parser.add_argument("--launches", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0, help="per requests-per-second run")
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument(
+        "--no-bytecode",
+        action="store_true",
+        help="compile every module at each launch (PYTHONDONTWRITEBYTECODE without .pyc files); by default "
+        "compiled modules are cached under a temporary PYTHONPYCACHEPREFIX, as an installed package has them",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="modelyard-startup-"))
     store = args.store or work / "models"
     log = work / "server.log"
-    print(f"python: {args.python}\nstore: {store}\nserver log: {log}")
+    pycache = None if args.no_bytecode else work / "pycache"
+    print(f"python: {args.python}\nstore: {store}\nserver log: {log}\nbytecode cache: {pycache}")
 
-    # One unmeasured launch makes the store an existing one (bundled models installed).
-    server = Server(args.python, store, log)
-    server.wait_root()
+    def launch() -> Server:
+        return Server(args.python, store, log, pycache)
+
+    # One unmeasured launch makes the store an existing one (bundled models installed) and fills the
+    # bytecode cache of every module a first token needs.
+    server = launch()
+    server.first_token()
     tags = json.loads(http_request(server.port, "GET", "/api/tags")[1])
     server.stop()
     print("models:", ", ".join(m["name"] for m in tags["models"]))
 
     root_times, root_cpu, token_times, token_cpu, idle, idle_tags, loaded, loaded_tags = ([] for _ in range(8))
     for _ in range(args.launches):
-        server = Server(args.python, store, log)
+        server = launch()
         try:
             root_times.append(server.wait_root())
             root_cpu.append(cpu_seconds(server.process.pid))
@@ -195,7 +209,7 @@ def main() -> int:
             idle_tags.append(rss_mb(server.process.pid))
         finally:
             server.stop()
-        server = Server(args.python, store, log)
+        server = launch()
         try:
             token_times.append(server.first_token())
             token_cpu.append(cpu_seconds(server.process.pid))
@@ -211,7 +225,7 @@ def main() -> int:
     ).stdout.strip()
     raw = [raw_llama_rss(args.python, gguf) for _ in range(3)]
 
-    server = Server(args.python, store, log)
+    server = launch()
     try:
         server.wait_root()
         rates = {}
