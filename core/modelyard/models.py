@@ -22,7 +22,8 @@ def capabilities(model: StoredModel, backends: Backends) -> list[str]:
         return []
 
 
-def list_models(store: ModelStore, backends: Backends) -> ListResponse:
+def list_models(store: ModelStore, backends: Backends, models: list[StoredModel] | None = None) -> ListResponse:
+    """/api/tags: the store's models (read from the store unless `models` is given)."""
     return ListResponse(
         models=[
             ListModel(
@@ -34,7 +35,7 @@ def list_models(store: ModelStore, backends: Backends) -> ListResponse:
                 details=model.details(),
                 capabilities=capabilities(model, backends),
             )
-            for model in store.list()
+            for model in (store.list() if models is None else models)
         ]
     )
 

@@ -215,6 +215,10 @@ async def chat(request: Request[Any, Any, Any]) -> Response[Any]:
 @get("/api/tags")
 async def tags(request: Request[Any, Any, Any]) -> Response[bytes]:
     state = services(request)
+    # Unchanged store (a stat walk): answered on the loop; reading manifests and headers goes to a thread.
+    cached = state.store.cached_list()
+    if cached is not None:
+        return json_response(list_models(state.store, state.backends, cached))
     return json_response(await asyncio.to_thread(list_models, state.store, state.backends))
 
 

@@ -405,6 +405,13 @@ class ModelStore:
             blobs = None
         return (blobs, *sorted(entries))
 
+    def cached_list(self) -> list[StoredModel] | None:
+        """The last listing if the store has not changed since (stat calls only, no file read), else None."""
+        listing = self._listing
+        if listing is not None and listing[0] == self.signature():
+            return list(listing[1])
+        return None
+
     def list(self) -> list[StoredModel]:
         """Complete models, most recently modified first (as /api/tags sorts them).
 

@@ -126,8 +126,8 @@ class Server:
         self.log.close()
 
 
-async def requests_per_second(port: int, path: str, seconds: float, connections: int) -> float:
-    """Keep-alive GETs of `path` from several connections for `seconds`; completed requests per second."""
+async def requests_per_second(port: int, path: str, seconds: float, connections: int) -> tuple[float, int]:
+    """Keep-alive GETs of `path` from several connections for `seconds`: requests per second, and how many."""
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
     done = 0
     deadline = time.perf_counter() + seconds
@@ -151,7 +151,7 @@ async def requests_per_second(port: int, path: str, seconds: float, connections:
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(connections)))
-    return done / (time.perf_counter() - started)
+    return done / (time.perf_counter() - started), done
 
 
 def raw_llama_rss(python: str, gguf: str) -> float:
@@ -228,10 +228,13 @@ def main() -> int:
     server = launch()
     try:
         server.wait_root()
-        rates = {}
+        rates: dict[str, list[float]] = {}
+        costs: dict[str, list[float]] = {}  # server CPU per request: what the client on the same cores hides
         for path in ("/api/tags", "/api/version", "/api/tags", "/api/version"):
-            rate = asyncio.run(requests_per_second(server.port, path, args.seconds, args.connections))
+            before = cpu_seconds(server.process.pid)
+            rate, count = asyncio.run(requests_per_second(server.port, path, args.seconds, args.connections))
             rates.setdefault(path, []).append(rate)
+            costs.setdefault(path, []).append((cpu_seconds(server.process.pid) - before) / count * 1e6)
     finally:
         server.stop()
 
@@ -248,7 +251,11 @@ def main() -> int:
         f"after /api/tags {median(loaded_tags) - median(raw):.0f} MB"
     )
     for path, values in rates.items():
-        print(f"{path:<13} requests/s:  median {median(values):.0f}  (" + ", ".join(f"{v:.0f}" for v in values) + f"; {args.connections} connections)")
+        cost = median(costs[path])
+        print(
+            f"{path:<13} requests/s:  median {median(values):.0f}  (" + ", ".join(f"{v:.0f}" for v in values)
+            + f"; {args.connections} connections); server CPU {cost:.0f} us a request (at most {1e6 / cost:.0f}/s on one core)"
+        )
     return 0
 
 
