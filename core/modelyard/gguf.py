@@ -1,12 +1,15 @@
 """A reader for the header of a GGUF file: its key/value metadata and its tensor table.
 
-Only the header is read (no weights), so /api/show and /api/tags stay cheap and need no engine.
+Only the header is read (no weights), so /api/show and /api/tags stay cheap and need no engine. Long
+arrays (the vocabulary, its scores and merges: 49k strings for SmolLM2, 262k for Gemma 3) are skipped and
+read from the file again when asked for, so a header held per model costs kilobytes, not tens of MB.
 """
 
 from __future__ import annotations
 
 import mmap
 import struct
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,10 @@ GGUF_MAGIC = b"GGUF"
 # value type -> struct format of a scalar
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+_LENGTH = struct.Struct("<Q")
+
+# Arrays with more items than this stay in the file until a caller asks for them.
+LAZY_ARRAY_ITEMS = 64
 
 # llama_ftype -> the name Ollama shows as quantization_level
 FILE_TYPES = {
@@ -47,8 +54,56 @@ class Tensor(msgspec.Struct, frozen=True):
     shape: list[int]
 
 
+class _ArraySpan(msgspec.Struct, frozen=True):
+    """Where a long array's items start in the file, their type and how many there are."""
+
+    offset: int
+    item_type: int
+    count: int
+
+
+class Metadata(Mapping[str, Any]):
+    """A GGUF file's key/value metadata, in file order; long arrays are read from the file on access.
+
+    A long array is read again at each access and not kept: callers that need one (the vocabulary at
+    model load, /api/show verbose) use it once.
+    """
+
+    def __init__(self, path: Path, values: dict[str, Any]) -> None:
+        self.path = path
+        self._values = values  # a value, or an _ArraySpan for an array left in the file
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._values[key]
+        if isinstance(value, _ArraySpan):
+            return _read_array(self.path, value)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def array_item(self, key: str, index: int) -> Any:
+        """One item of an array value (IndexError if out of range), reading no more of the file than needed."""
+        value = self._values[key]
+        if not isinstance(value, _ArraySpan):
+            return value[index]
+        if not 0 <= index < value.count:
+            raise IndexError(f"{key} has {value.count} items")
+        return _read_array(self.path, value, index)
+
+    def array_length(self, key: str) -> int | None:
+        """The number of items of an array value, without reading it (None for other values)."""
+        value = self._values.get(key)
+        if isinstance(value, _ArraySpan):
+            return value.count
+        return len(value) if isinstance(value, list) else None
+
+
 class GGUFHeader(msgspec.Struct, frozen=True):
-    metadata: dict[str, Any]
+    metadata: Metadata
     tensors: list[Tensor]
 
     @property
@@ -99,6 +154,31 @@ class _Cursor:
         self.offset = end
         return text
 
+    def skip_array(self) -> _ArraySpan | None:
+        """Past a long array, returning where it is; None (and nothing consumed) for a short one."""
+        start = self.offset
+        item_type, count = self.unpack("<I"), self.unpack("<Q")
+        if count <= LAZY_ARRAY_ITEMS:
+            self.offset = start
+            return None
+        span = _ArraySpan(offset=self.offset, item_type=item_type, count=count)
+        if item_type in _SCALARS:
+            self.offset += struct.calcsize(_SCALARS[item_type]) * count
+        elif item_type == _STRING:
+            offset, unpack = self.offset, _LENGTH.unpack_from
+            try:
+                for _ in range(count):
+                    offset += 8 + unpack(self.buffer, offset)[0]
+            except struct.error as exc:
+                raise GGUFError("truncated GGUF header") from exc
+            self.offset = offset
+        else:  # arrays of arrays: rare and never long; read them whole
+            self.offset = start
+            return None
+        if self.offset > len(self.buffer):
+            raise GGUFError("truncated GGUF header")
+        return span
+
     def value(self, value_type: int) -> Any:
         if value_type in _SCALARS:
             return self.unpack(_SCALARS[value_type])
@@ -124,16 +204,38 @@ def is_gguf(path: Path) -> bool:
 
 
 def read_header(path: Path) -> GGUFHeader:
-    """The metadata and tensor table of the GGUF file at `path`."""
+    """The metadata and tensor table of the GGUF file at `path` (long arrays left in the file)."""
     with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         cursor = _Cursor(memoryview(mapped))
         try:
-            return _parse(cursor)
+            return _parse(cursor, path)
         finally:
             cursor.buffer.release()
 
 
-def _parse(cursor: _Cursor) -> GGUFHeader:
+def _read_array(path: Path, span: _ArraySpan, index: int | None = None) -> Any:
+    """The items of an array left in the file, or only the one at `index`."""
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        cursor = _Cursor(memoryview(mapped))
+        try:
+            cursor.offset = span.offset
+            if index is not None:
+                if span.item_type in _SCALARS:
+                    cursor.offset += struct.calcsize(_SCALARS[span.item_type]) * index
+                else:  # strings: step over the ones before it
+                    for _ in range(index):
+                        cursor.offset += 8 + cursor.unpack("<Q")
+                return cursor.value(span.item_type)
+            if span.item_type in _SCALARS and span.item_type != 7:
+                fmt = _SCALARS[span.item_type]
+                end = span.offset + struct.calcsize(fmt) * span.count
+                return [item for (item,) in struct.iter_unpack(fmt, cursor.buffer[span.offset : end])]
+            return [cursor.value(span.item_type) for _ in range(span.count)]
+        finally:
+            cursor.buffer.release()
+
+
+def _parse(cursor: _Cursor, path: Path) -> GGUFHeader:
     if bytes(cursor.buffer[:4]) != GGUF_MAGIC:
         raise GGUFError("supplied file was not in GGUF format")
     cursor.offset = 4
@@ -144,7 +246,9 @@ def _parse(cursor: _Cursor) -> GGUFHeader:
     metadata: dict[str, Any] = {}
     for _ in range(kv_count):
         key = cursor.string()
-        metadata[key] = cursor.value(cursor.unpack("<I"))
+        value_type = cursor.unpack("<I")
+        span = cursor.skip_array() if value_type == _ARRAY else None
+        metadata[key] = span if span is not None else cursor.value(value_type)
     tensors = []
     for _ in range(tensor_count):
         name = cursor.string()
@@ -152,7 +256,7 @@ def _parse(cursor: _Cursor) -> GGUFHeader:
         tensor_type = cursor.unpack("<I")
         cursor.unpack("<Q")  # offset of the tensor's data
         tensors.append(Tensor(name=name, type=TENSOR_TYPES.get(tensor_type, str(tensor_type)), shape=dims))
-    return GGUFHeader(metadata=metadata, tensors=tensors)
+    return GGUFHeader(metadata=Metadata(path, metadata), tensors=tensors)
 
 
 def human_number(value: int) -> str:

@@ -23,7 +23,8 @@ def capabilities(model: StoredModel, backends: Backends) -> list[str]:
         return []
 
 
-def list_models(store: ModelStore, backends: Backends) -> ListResponse:
+def list_models(store: ModelStore, backends: Backends, models: list[StoredModel] | None = None) -> ListResponse:
+    """/api/tags: the store's models (read from the store unless `models` is given)."""
     return ListResponse(
         models=[
             ListModel(
@@ -35,7 +36,7 @@ def list_models(store: ModelStore, backends: Backends) -> ListResponse:
                 details=model.details(),
                 capabilities=capabilities(model, backends),
             )
-            for model in store.list()
+            for model in (store.list() if models is None else models)
         ]
     )
 
@@ -111,10 +112,12 @@ def model_info(model: StoredModel, verbose: bool) -> dict[str, Any]:
     if model.format != "gguf":
         return {}
     info: dict[str, Any] = {}
-    for key, value in model.gguf.metadata.items():
+    metadata = model.gguf.metadata
+    for key in metadata:
         if key in HIDDEN_METADATA:
             continue
-        info[key] = [] if isinstance(value, list) and len(value) > 5 and not verbose else value
+        length = metadata.array_length(key)  # long arrays stay in the file unless verbose asks for them
+        info[key] = [] if length is not None and length > 5 and not verbose else metadata[key]
     info.setdefault("general.parameter_count", model.gguf.parameter_count)
     return info
 

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from litestar import Litestar, Request, Response, delete, get, head, post
@@ -27,7 +27,6 @@ from .manage import Management
 from .models import describe_loaded, describe_model, list_models
 from .names import ModelName
 from .plugins import Backends, build_plugin_manager
-from .registry import Registry
 from .scheduler import Scheduler
 from .store import ModelStore
 from .wire import (
@@ -42,6 +41,9 @@ from .wire import (
     ShowRequest,
     VersionResponse,
 )
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +168,16 @@ def services(request: Request[Any, Any, Any]) -> Any:
     return request.app.state
 
 
+def registry(request: Request[Any, Any, Any]) -> Registry:
+    """The app's registry client, made on the first pull or push: httpx costs start-up time and memory."""
+    state = services(request)
+    if state.get("registry") is None:
+        from .registry import Registry
+
+        state.registry = Registry(state.store, prune=not state.settings.noprune)
+    return state.registry
+
+
 @get("/", media_type="text/plain; charset=utf-8")
 async def root() -> str:
     return "Ollama is running"
@@ -205,6 +217,10 @@ async def chat(request: Request[Any, Any, Any]) -> Response[Any]:
 @get("/api/tags")
 async def tags(request: Request[Any, Any, Any]) -> Response[bytes]:
     state = services(request)
+    # Unchanged store (a stat walk): answered on the loop; reading manifests and headers goes to a thread.
+    cached = state.store.cached_list()
+    if cached is not None:
+        return json_response(list_models(state.store, state.backends, cached))
     return json_response(await asyncio.to_thread(list_models, state.store, state.backends))
 
 
@@ -237,14 +253,14 @@ async def create(request: Request[Any, Any, Any]) -> Response[Any]:
 @post("/api/pull", status_code=200)
 async def pull(request: Request[Any, Any, Any]) -> Response[Any]:
     body = await decode_body(request, PullRequest)
-    chunks = services(request).registry.pull(body.model or body.name, bool(body.insecure))
+    chunks = registry(request).pull(body.model or body.name, bool(body.insecure))
     return await respond(request, chunks, body.stream is not False, last_chunk)
 
 
 @post("/api/push", status_code=200)
 async def push(request: Request[Any, Any, Any]) -> Response[Any]:
     body = await decode_body(request, PushRequest)
-    chunks = services(request).registry.push(body.model or body.name, bool(body.insecure))
+    chunks = registry(request).push(body.model or body.name, bool(body.insecure))
     return await respond(request, chunks, body.stream is not False, last_chunk)
 
 
@@ -307,6 +323,20 @@ def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[byt
 # --- the app --------------------------------------------------------------------------------------
 
 
+class App(Litestar):
+    """Litestar without the plugins it adds whenever pydantic or attrs is installed.
+
+    The app decodes and encodes with msgspec only; the pydantic plugin alone costs about half a second of
+    start-up and 20 MB (pydantic is there whenever the `ollama` client is).
+    """
+
+    @staticmethod
+    def _get_default_plugins(plugins: list[Any]) -> list[Any]:
+        from litestar.plugins.core import MsgspecDIPlugin
+
+        return [*plugins, MsgspecDIPlugin()]
+
+
 def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ...] = ()) -> Litestar:
     """A server with its own store, backends and scheduler (no module state: tests make many)."""
     settings = settings or Settings.from_env()
@@ -330,7 +360,7 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
             await scheduler.close()
             await backends.close()
 
-    return Litestar(
+    return App(
         route_handlers=[
             root,
             root_head,
@@ -364,7 +394,7 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
             "scheduler": scheduler,
             "inference": Inference(store, backends, scheduler, settings.context_length),
             "management": Management(store, backends, scheduler, prune=not settings.noprune),
-            "registry": Registry(store, prune=not settings.noprune),
+            "registry": None,  # see registry()
             "plugin_manager": manager,
         }),
         openapi_config=None,

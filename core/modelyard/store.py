@@ -321,6 +321,15 @@ class FolderView:
         self.close()
 
 
+def _scan(folder: Path) -> list[os.DirEntry[str]]:
+    """The entries of a folder, none if it is missing (or vanished while being listed)."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def _link(target: Path, link: Path) -> None:
     try:
         link.symlink_to(target)
@@ -339,6 +348,8 @@ class ModelStore:
         self.manifests = root / "manifests"
         self.blobs = root / "blobs"
         self._headers: dict[str, GGUFHeader] = {}
+        # The last listing and the stat signature it was read under (see list()).
+        self._listing: tuple[tuple[Any, ...], list[StoredModel]] | None = None
 
     def blob_path(self, digest: str) -> Path:
         return self.blobs / blob_name(digest)
@@ -372,10 +383,50 @@ class ModelStore:
             return None
         return model
 
+    def signature(self) -> tuple[Any, ...]:
+        """What a listing depends on, from stat calls only: each manifest's path, inode, size and mtime,
+        and the blobs folder's mtime (a blob added or removed makes a model complete or incomplete).
+
+        This catches a manifest written by another process, in place or by rename; this process's own
+        writes also drop the listing directly (write_manifest, remove_manifest).
+        """
+        entries: list[tuple[Any, ...]] = []
+        folders = [self.manifests]
+        for _ in range(3):  # host, namespace, model
+            folders = [Path(entry.path) for folder in folders for entry in _scan(folder) if entry.is_dir()]
+        for folder in folders:
+            for entry in _scan(folder):
+                if entry.is_file() and not entry.name.startswith("."):
+                    stat = entry.stat()
+                    entries.append((entry.path, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+        try:
+            blobs = self.blobs.stat().st_mtime_ns
+        except OSError:
+            blobs = None
+        return (blobs, *sorted(entries))
+
+    def cached_list(self) -> list[StoredModel] | None:
+        """The last listing if the store has not changed since (stat calls only, no file read), else None."""
+        listing = self._listing
+        if listing is not None and listing[0] == self.signature():
+            return list(listing[1])
+        return None
+
     def list(self) -> list[StoredModel]:
-        """Complete models, most recently modified first (as /api/tags sorts them)."""
+        """Complete models, most recently modified first (as /api/tags sorts them).
+
+        Kept while the store's stat signature stays the same: /api/tags is polled every few seconds by
+        some clients, and reading every manifest and config blob each time costs far more than the stat
+        walk.
+        """
+        signature = self.signature()  # before reading, so a change made meanwhile is seen next time
+        listing = self._listing
+        if listing is not None and listing[0] == signature:
+            return list(listing[1])
         models = [m for name, path in self._manifest_files() if (m := self._load(name, path)) is not None]
-        return sorted(models, key=lambda m: m.modified_at, reverse=True)
+        models.sort(key=lambda m: m.modified_at, reverse=True)
+        self._listing = (signature, models)
+        return list(models)
 
     def find(self, name: ModelName) -> StoredModel | None:
         """The stored model with this name, matched case-insensitively as Ollama does."""
@@ -401,6 +452,7 @@ class ModelStore:
     def write_manifest(self, name: ModelName, manifest: Manifest) -> None:
         """Written last, after every blob it names: a model appears whole or not at all."""
         atomic_write(self.manifests.joinpath(*name.parts), msgspec.json.encode(manifest))
+        self._listing = None
 
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
@@ -440,6 +492,7 @@ class ModelStore:
 
     def remove_manifest(self, model: StoredModel) -> None:
         model.manifest_path.unlink(missing_ok=True)
+        self._listing = None
         # Empty model and namespace folders go too, as Ollama leaves none behind.
         for folder in (model.manifest_path.parent, model.manifest_path.parent.parent):
             try:

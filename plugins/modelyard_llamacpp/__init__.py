@@ -30,9 +30,8 @@ from modelyard.backend import (
     fit_context,
     iterate_in_thread,
 )
-from modelyard.chat_template import ChatTemplate
 from modelyard.errors import BackendUnavailable, BadRequest, InternalError
-from modelyard.gguf import FILE_TYPES
+from modelyard.gguf import FILE_TYPES, Metadata
 from modelyard.hookspecs import hookimpl
 from modelyard.options import Options
 from modelyard.store import StoredModel
@@ -194,6 +193,7 @@ class LlamaCppBackend:
 class LlamaCppModel:
     def __init__(self, llm: Any, model: StoredModel, n_ctx: int) -> None:
         import llama_cpp
+        from modelyard.chat_template import ChatTemplate  # jinja2: loaded with the first model, not at start
 
         self.llm = llm
         self.n_ctx = n_ctx
@@ -327,10 +327,11 @@ class LlamaCppModel:
         yield Done.measured(reason, prompt, output, started, first_token_at, completion.want_context)
 
 
-def _token_text(metadata: dict[str, Any], key: str) -> str:
-    tokens = metadata.get("tokenizer.ggml.tokens") or []
+def _token_text(metadata: Metadata, key: str) -> str:
     token_id = metadata.get(key)
-    return tokens[token_id] if isinstance(token_id, int) and 0 <= token_id < len(tokens) else ""
+    count = metadata.array_length("tokenizer.ggml.tokens") or 0
+    # One token read from the file: the whole vocabulary (49k strings) is not needed here.
+    return metadata.array_item("tokenizer.ggml.tokens", token_id) if isinstance(token_id, int) and 0 <= token_id < count else ""
 
 
 def _kv_cache_bytes(model: StoredModel, n_ctx: int) -> int:

@@ -11,14 +11,15 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
-
-import httpx
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .. import __version__
 from ..config import base_url
 from ..modelfile import ModelfileError, create_request, parse_modelfile
 from ..store import sha256_file
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class ServerError(Exception):
@@ -29,6 +30,8 @@ class Client:
     """A small HTTP client of the server, streaming NDJSON like the official clients."""
 
     def __init__(self, url: str) -> None:
+        import httpx  # here, not at the top: `modelyard serve` does not need it (about 0.4 s to import)
+
         self.url = url
         self.http = httpx.Client(base_url=url, timeout=None)
 
@@ -42,6 +45,8 @@ class Client:
             raise ServerError(message)
 
     def get(self, path: str) -> Any:
+        import httpx
+
         try:
             response = self.http.get(path)
         except httpx.ConnectError as exc:
@@ -50,6 +55,8 @@ class Client:
         return response.json()
 
     def request(self, method: str, path: str, body: dict[str, Any]) -> Any:
+        import httpx
+
         try:
             response = self.http.request(method, path, json={**body, "stream": False})
         except httpx.ConnectError as exc:
@@ -61,6 +68,8 @@ class Client:
         return self.request("POST", path, body)
 
     def stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        import httpx
+
         try:
             with self.http.stream("POST", path, json={**body, "stream": True}) as response:
                 self._check(response)
