@@ -73,7 +73,9 @@ def test_run_verbose_and_format_flags(echo_server):
     result = modelyard(echo_server, "run", MODEL, "--verbose", "--format", "json", "hi there")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"echo": "hi there"}
-    assert re.search(r"^prompt eval count:\s+2 token\(s\)$", result.stderr, re.MULTILINE)
+    # The echo backend counts every word of the prompt it was given, the model's SYSTEM message too.
+    system = httpx.post(echo_server.url + "/api/show", json={"model": MODEL}).json().get("system", "")
+    assert re.search(rf"^prompt eval count:\s+{2 + len(system.split())} token\(s\)$", result.stderr, re.MULTILINE)
     assert re.search(r"^eval rate:\s+[0-9.]+ tokens/s$", result.stderr, re.MULTILINE)
 
 
