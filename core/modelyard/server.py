@@ -217,11 +217,19 @@ async def chat(request: Request[Any, Any, Any]) -> Response[Any]:
 @get("/api/tags")
 async def tags(request: Request[Any, Any, Any]) -> Response[bytes]:
     state = services(request)
-    # Unchanged store (a stat walk): answered on the loop; reading manifests and headers goes to a thread.
-    cached = state.store.cached_list()
-    if cached is not None:
-        return json_response(list_models(state.store, state.backends, cached))
-    return json_response(await asyncio.to_thread(list_models, state.store, state.backends))
+    # Clients poll this every few seconds. While the store is unchanged (a stat walk) the listing is the
+    # same list object and its encoded answer is reused; after a change, manifests and headers are read
+    # in a thread.
+    listing = state.store.cached_list()
+    answer = state.get("tags_answer")
+    if listing is None or answer is None or answer[0] is not listing:
+
+        def encode() -> tuple[list[Any], bytes]:
+            models = state.store.list()
+            return models, _encoder.encode(list_models(state.store, state.backends, models))
+
+        answer = state.tags_answer = await asyncio.to_thread(encode)
+    return Response(answer[1], media_type=JSON)
 
 
 @head("/api/tags")

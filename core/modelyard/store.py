@@ -406,14 +406,18 @@ class ModelStore:
         return (blobs, *sorted(entries))
 
     def cached_list(self) -> list[StoredModel] | None:
-        """The last listing if the store has not changed since (stat calls only, no file read), else None."""
+        """The last listing if the store has not changed since (stat calls only, no file read), else None.
+
+        The same list object for as long as the store is unchanged (callers may key caches on it), so it
+        must not be modified.
+        """
         listing = self._listing
         if listing is not None and listing[0] == self.signature():
-            return list(listing[1])
+            return listing[1]
         return None
 
     def list(self) -> list[StoredModel]:
-        """Complete models, most recently modified first (as /api/tags sorts them).
+        """Complete models, most recently modified first (as /api/tags sorts them); not to be modified.
 
         Kept while the store's stat signature stays the same: /api/tags is polled every few seconds by
         some clients, and reading every manifest and config blob each time costs far more than the stat
@@ -422,11 +426,11 @@ class ModelStore:
         signature = self.signature()  # before reading, so a change made meanwhile is seen next time
         listing = self._listing
         if listing is not None and listing[0] == signature:
-            return list(listing[1])
+            return listing[1]
         models = [m for name, path in self._manifest_files() if (m := self._load(name, path)) is not None]
         models.sort(key=lambda m: m.modified_at, reverse=True)
         self._listing = (signature, models)
-        return list(models)
+        return models
 
     def find(self, name: ModelName) -> StoredModel | None:
         """The stored model with this name, matched case-insensitively as Ollama does."""
