@@ -38,6 +38,23 @@ class TextDelta(msgspec.Struct, frozen=True):
 
 
 CONTEXT_EXCEEDED = "the input length exceeds the context length"
+MIN_CONTEXT = 4  # Ollama's scheduler raises a smaller num_ctx to 4
+
+
+def final_assistant_text(messages: list[Message] | None) -> str:
+    """The text of the last message when it is the assistant's: that turn is continued, not answered anew."""
+    if messages and messages[-1].role == "assistant":
+        return messages[-1].content.strip()
+    return ""
+
+
+def cut_after(prompt: str, final: str) -> str:
+    """A chat template's rendering cut right after the final assistant text, so the model goes on from it
+    (Hugging Face's `continue_final_message`; Ollama leaves that turn open too)."""
+    end = prompt.rfind(final)
+    if end < 0:
+        raise BadRequest("the chat template does not show the final assistant message, so it cannot be continued")
+    return prompt[: end + len(final)]
 
 
 def fit_context(tokens: list[int], context_length: int, keep: int, truncate: bool) -> list[int]:

@@ -200,6 +200,11 @@ def _write_bundled(store: ModelStore, bundled: BundledModel, model_layer: Layer,
     manifest = Manifest(config=config, layers=layers)
     if existing is not None and existing.manifest == manifest:
         return False
+    if existing is not None and len(existing.manifest.layers) > 1:
+        # Earlier bundled manifests held the weights alone; one with its own template, system or
+        # parameters was made by the user (`/save`, `create`) and is kept.
+        log.info("keeping %s: the store's model of that name has layers of its own", bundled.name.display)
+        return False
     store.write_manifest(bundled.name, manifest)
     return True
 

@@ -9,6 +9,7 @@ import jinja2
 import msgspec
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .backend import cut_after, final_assistant_text
 from .errors import BadRequest
 from .wire import Message
 
@@ -40,7 +41,7 @@ class ChatTemplate:
         """The prompt for the next assistant turn; a conversation that ends with an assistant message is
         continued instead: rendered without the generation prompt and cut right after that message's
         text, as Hugging Face's `continue_final_message` does (Ollama leaves that turn open too)."""
-        final = messages[-1].content.strip() if messages and messages[-1].role == "assistant" else ""
+        final = final_assistant_text(messages)
         try:
             text = self.template.render(
                 # `content` is always there for templates, even when empty (the wire type omits it then).
@@ -52,9 +53,4 @@ class ChatTemplate:
             )
         except jinja2.TemplateError as exc:
             raise BadRequest(f"the chat template could not render the messages: {exc}") from exc
-        if final:
-            end = text.rfind(final)
-            if end < 0:
-                raise BadRequest("the chat template does not show the final assistant message, so it cannot be continued")
-            text = text[: end + len(final)]
-        return text
+        return cut_after(text, final) if final else text

@@ -224,7 +224,8 @@ def _read_array(path: Path, span: _ArraySpan, index: int | None = None) -> Any:
                     cursor.offset += struct.calcsize(_SCALARS[span.item_type]) * index
                 else:  # strings: step over the ones before it
                     for _ in range(index):
-                        cursor.offset += 8 + cursor.unpack("<Q")
+                        length = cursor.unpack("<Q")  # moves the cursor past the length itself
+                        cursor.offset += length
                 return cursor.value(span.item_type)
             if span.item_type in _SCALARS and span.item_type != 7:
                 fmt = _SCALARS[span.item_type]

@@ -66,6 +66,13 @@ class GoStruct:
         return self._value
 
 
+class GoMap(dict):
+    """Tool call arguments: a Go `map[string]any` (range, index, len work) that prints as its JSON."""
+
+    def __go_json__(self) -> dict[str, Any]:
+        return dict(self)
+
+
 class GoList(list):
     """A list that prints as JSON, as Ollama's api.Tools does (`<tools>{{ .Tools }}</tools>`)."""
 
@@ -77,7 +84,7 @@ def _go_message(message: Message) -> dict[str, Any]:
     calls = [
         {
             "ID": call.id or "",
-            "Function": {"Index": call.function.index, "Name": call.function.name, "Arguments": GoStruct(call.function.arguments)},
+            "Function": {"Index": call.function.index, "Name": call.function.name, "Arguments": GoMap(call.function.arguments or {})},
         }
         for call in (message.tool_calls or [])
     ]

@@ -397,7 +397,10 @@ class ModelStore:
         for folder in folders:
             for entry in _scan(folder):
                 if entry.is_file() and not entry.name.startswith("."):
-                    stat = entry.stat()
+                    try:
+                        stat = entry.stat()
+                    except FileNotFoundError:  # removed since the scan (a delete in another thread)
+                        continue
                     entries.append((entry.path, stat.st_ino, stat.st_size, stat.st_mtime_ns))
         try:
             blobs = self.blobs.stat().st_mtime_ns

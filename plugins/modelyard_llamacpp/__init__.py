@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import msgspec
 from modelyard.backend import (
     COMPLETION,
+    MIN_CONTEXT,
     TOOLS,
     Completion,
     Done,
@@ -37,7 +38,6 @@ from modelyard.options import Options
 from modelyard.store import StoredModel
 from modelyard.text import StopSequences
 
-MIN_CONTEXT = 4  # Ollama's scheduler raises a smaller num_ctx to 4
 INSTALL_HINT = (
     "the llamacpp backend needs llama-cpp-python: pip install 'modelyard[llamacpp]' "
     "(README.md tells which build flags work on this CPU)"

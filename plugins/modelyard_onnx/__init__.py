@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Literal
 
 import msgspec
-from modelyard.backend import COMPLETION, TOOLS, Completion, Event, TextDelta, wait_uncancellable
+from modelyard.backend import COMPLETION, MIN_CONTEXT, TOOLS, Completion, Event, TextDelta, wait_uncancellable
 from modelyard.errors import BackendUnavailable, BadRequest, InternalError
 from modelyard.hookspecs import hookimpl
 from modelyard.options import Options
@@ -87,7 +87,7 @@ class OnnxBackend:
 
     def context_length(self, model: StoredModel, options: Options) -> int:
         trained = int(model.onnx_config.get("model", {}).get("context_length") or options.num_ctx)
-        return max(4, min(options.num_ctx, trained))  # Ollama raises a smaller num_ctx to 4
+        return max(MIN_CONTEXT, min(options.num_ctx, trained))
 
     def load_key(self, model: StoredModel, options: Options) -> tuple[Any, ...]:
         return (self.context_length(model, options), self.provider(model), options.num_thread, options.main_gpu)

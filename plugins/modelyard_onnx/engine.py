@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 import msgspec
-from modelyard.backend import Completion, Done, TextDelta, fit_context
+from modelyard.backend import Completion, Done, TextDelta, cut_after, final_assistant_text, fit_context
 from modelyard.errors import BackendUnavailable, BadRequest, InternalError, ModelyardError
 from modelyard.options import Format, Options
 from modelyard.text import StopSequences
@@ -163,17 +163,13 @@ class Engine:
             tools = json.dumps(completion.tools) if completion.tools else None
             # A conversation that ends with an assistant message is continued, as on llama.cpp: rendered
             # without the generation prompt and cut right after that message's text.
-            last = completion.messages[-1] if completion.messages else None
-            final = last.content.strip() if last is not None and last.role == "assistant" else ""
+            final = final_assistant_text(completion.messages)
             try:
                 text = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=not final)
             except RuntimeError as exc:
                 raise InternalError(f"the model's chat template failed: {exc}") from exc
             if final:
-                end = text.rfind(final)
-                if end < 0:
-                    raise BadRequest("the chat template does not show the final assistant message, so it cannot be continued")
-                text = text[: end + len(final)]
+                text = cut_after(text, final)
         else:
             text = completion.prompt or ""
         tokens = [int(token) for token in self.tokenizer.encode(text)] if text else []

@@ -75,6 +75,19 @@ def test_a_user_model_under_a_bundled_name_is_left_alone(tmp_path):
     assert store.find(SMOLLM2.name).manifest == mine
 
 
+def test_a_user_model_with_the_bundled_weights_and_its_own_template_is_left_alone(tmp_path):
+    """Say `/save smollm2:135m` in `modelyard run`: the same weights with the user's own layers."""
+    store = ModelStore(tmp_path / "models")
+    install_smollm2(store)
+    model = store.find(SMOLLM2.name)
+    weights = next(layer for layer in model.manifest.layers if layer.mediaType == MODEL_MEDIA_TYPE)
+    template = store.write_blob(b"{{ .Prompt }}")
+    mine = Manifest(config=model.manifest.config, layers=[weights, Layer(mediaType=TEMPLATE_MEDIA_TYPE, digest=template.digest, size=template.size)])
+    store.write_manifest(SMOLLM2.name, mine)
+    install_smollm2(store)
+    assert store.find(SMOLLM2.name).manifest == mine
+
+
 @pytest.fixture(scope="module")
 def gemma_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("gemma")

@@ -120,3 +120,16 @@ def test_the_modelfile_of_the_bundled_smollm2_parses_back_to_its_layers(tmp_path
     assert quoted == '"a\nb"'
     assert parse_modelfile("FROM x\nLICENSE " + quoted + "\n").licenses == ["a\nb"]
     assert modelfile_quote(' "x"\n') == '""" "x"\n"""'
+
+
+def test_tool_call_arguments_are_a_go_map_in_templates():
+    """Ollama's arguments are a map[string]any: range, index and len work on them, and they print as JSON."""
+    call = msgspec.convert({"function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}}, ToolCall)
+    template = (
+        "{{ range .Messages }}{{ range .ToolCalls }}"
+        "{{ range $key, $value := .Function.Arguments }}{{ $key }}={{ $value }};{{ end }}"
+        "|{{ index .Function.Arguments \"city\" }}|{{ len .Function.Arguments }}|{{ .Function.Arguments }}"
+        "{{ end }}{{ end }}"
+    )
+    prompt = render_go_template(template, [message("user", "Weather?"), message("assistant", tool_calls=[call])])
+    assert prompt == 'city=Paris;days=2;|Paris|2|{"city":"Paris","days":2}'

@@ -138,9 +138,10 @@ def ps(client: Client, args: argparse.Namespace) -> int:
     for model in client.get("/api/ps")["models"]:
         vram, size = model["size_vram"], model["size"]
         processor = "100% CPU" if vram == 0 else "100% GPU" if vram >= size else f"{100 * vram // size}% GPU"
-        until = human_ago(model["expires_at"])
-        if until.startswith("2"):  # ~292 years: kept forever
-            until = "Forever"
+        expires = dt.datetime.fromisoformat(model["expires_at"].replace("Z", "+00:00"))
+        # Kept forever shows as Go's longest duration from now (about 292 years).
+        forever = expires - dt.datetime.now(dt.timezone.utc) > dt.timedelta(days=100 * 365)
+        until = "Forever" if forever else human_ago(model["expires_at"])
         rows.append([model["name"], model["digest"][:12], human_size(size), processor, str(model["context_length"]), until])
     print_table(rows)
     return 0
