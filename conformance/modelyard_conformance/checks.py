@@ -94,7 +94,9 @@ def parse_checks(mapping: dict[str, Any], lowercase_keys: bool = False) -> dict[
 
 # --- paths ------------------------------------------------------------------------------------------
 
-_SEGMENT = re.compile(r'\.?(?:\["(?P<key>[^"]*)"\]|\[(?P<field>[^=\]]+)=(?P<value>[^\]]*)\]|(?P<star>\*)|(?P<name>[^.\[\]]+))')
+_SEGMENT = re.compile(
+    r'\.?(?:\["(?P<key>[^"]*)"\]|\[(?P<field>[^=\]]+)=(?P<value>[^\]]*)\]|(?P<star>\*)|(?P<name>[^.\[\]]+))'
+)
 
 
 class Segment(msgspec.Struct, frozen=True):
@@ -256,8 +258,10 @@ def failures(check: Check, value: Any) -> list[str]:
         if kind != "array":
             fail("must be an array")
         else:
-            keys = [_sort_key(item.get(check.sorted_by) if check.sorted_by and isinstance(item, dict) else item)
-                    for item in value]
+            keys = [
+                _sort_key(item.get(check.sorted_by) if check.sorted_by and isinstance(item, dict) else item)
+                for item in value
+            ]
             ordered = sorted(keys, reverse=check.sorted == "descending")
             if keys != ordered:
                 fail(f"must be sorted {check.sorted}")

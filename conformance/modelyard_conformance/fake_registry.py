@@ -34,9 +34,14 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/token"):
             self._answer(401, {"errors": [{"code": "UNAUTHORIZED", "message": "access denied"}]})
         elif self.path.startswith("/v2/private/"):
-            challenge = f'Bearer realm="http://{self.server.address}/token",service="fake",scope="repository:private:pull"'
-            self._answer(401, {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
-                         {"WWW-Authenticate": challenge})
+            challenge = (
+                f'Bearer realm="http://{self.server.address}/token",service="fake",scope="repository:private:pull"'
+            )
+            self._answer(
+                401,
+                {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
+                {"WWW-Authenticate": challenge},
+            )
         else:
             self._answer(404, {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})
 

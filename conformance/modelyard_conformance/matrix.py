@@ -44,7 +44,9 @@ def cell(case: Case, results: list[dict[str, Any]], capabilities: set[str]) -> s
         if present:
             return f"n/a: has {', '.join(present)}"
         return "skip"
-    issues = sorted({f"#{r['issue']}" if isinstance(r["issue"], int) else str(r["issue"]) for r in results if r["issue"]})
+    issues = sorted(
+        {f"#{r['issue']}" if isinstance(r["issue"], int) else str(r["issue"]) for r in results if r["issue"]}
+    )
     if outcomes == {"xfailed"}:
         return f"xfail {' '.join(issues)}"
     bad = [result for result in results if result["outcome"] in ("failed", "error", "xpassed")]
@@ -120,7 +122,9 @@ def current_section(document: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m modelyard_conformance.matrix", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m modelyard_conformance.matrix", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("reports", nargs="+", type=Path, help="JSON reports (--conformance-report), one per column")
     parser.add_argument("--write", type=Path, metavar="MARKDOWN", help="replace the matrix between the markers")
     args = parser.parse_args(argv)

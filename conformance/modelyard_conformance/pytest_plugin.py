@@ -40,27 +40,74 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         names = [long] if short in taken else [short, long]
         group.addoption(*names, **attrs)
 
-    add("--backend", "--conformance-backend", dest="conformance_backend", metavar="NAME",
-        help="start `modelyard serve` with only this backend (and a temporary model store) and run the suite on it")
-    add("--base-url", "--conformance-base-url", dest="conformance_base_url", metavar="URL",
-        help="run the suite against the Ollama-compatible server at URL")
-    add("--model", "--conformance-model", dest="conformance_model", metavar="MODEL",
-        help="the model the cases use (it must be in the server's store)")
-    group.addoption("--expectations", dest="conformance_expectations", metavar="FILE",
-                    help="known gaps of the server under test, as strict xfails (a path, or the name of a file "
-                    "shipped in modelyard_conformance/expectations; --backend NAME uses NAME's by default)")
-    group.addoption("--capability", dest="conformance_capabilities", action="append", default=[], metavar="NAME",
-                    help="a capability to assume besides those /api/show reports (e.g. fault-injection)")
-    group.addoption("--server-env", dest="conformance_server_env", action="append", default=[], metavar="KEY=VALUE",
-                    help="an environment variable for the server that --backend starts")
-    group.addoption("--models-dir", dest="conformance_models_dir", metavar="DIR",
-                    help="with --backend: serve this model store instead of a temporary one")
-    group.addoption("--create-from", dest="conformance_create_from", metavar="PATH",
-                    help="create --model from PATH before the run: a Modelfile, a model folder (ONNX) or a GGUF file")
-    group.addoption("--no-extensions", dest="conformance_no_extensions", action="store_true",
-                    help="skip the cases of modelyard's extensions to the Ollama API (for other servers)")
-    group.addoption("--conformance-report", dest="conformance_report", metavar="PATH",
-                    help="write a JSON report of every case's outcome to PATH")
+    add(
+        "--backend",
+        "--conformance-backend",
+        dest="conformance_backend",
+        metavar="NAME",
+        help="start `modelyard serve` with only this backend (and a temporary model store) and run the suite on it",
+    )
+    add(
+        "--base-url",
+        "--conformance-base-url",
+        dest="conformance_base_url",
+        metavar="URL",
+        help="run the suite against the Ollama-compatible server at URL",
+    )
+    add(
+        "--model",
+        "--conformance-model",
+        dest="conformance_model",
+        metavar="MODEL",
+        help="the model the cases use (it must be in the server's store)",
+    )
+    group.addoption(
+        "--expectations",
+        dest="conformance_expectations",
+        metavar="FILE",
+        help="known gaps of the server under test, as strict xfails (a path, or the name of a file "
+        "shipped in modelyard_conformance/expectations; --backend NAME uses NAME's by default)",
+    )
+    group.addoption(
+        "--capability",
+        dest="conformance_capabilities",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a capability to assume besides those /api/show reports (e.g. fault-injection)",
+    )
+    group.addoption(
+        "--server-env",
+        dest="conformance_server_env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for the server that --backend starts",
+    )
+    group.addoption(
+        "--models-dir",
+        dest="conformance_models_dir",
+        metavar="DIR",
+        help="with --backend: serve this model store instead of a temporary one",
+    )
+    group.addoption(
+        "--create-from",
+        dest="conformance_create_from",
+        metavar="PATH",
+        help="create --model from PATH before the run: a Modelfile, a model folder (ONNX) or a GGUF file",
+    )
+    group.addoption(
+        "--no-extensions",
+        dest="conformance_no_extensions",
+        action="store_true",
+        help="skip the cases of modelyard's extensions to the Ollama API (for other servers)",
+    )
+    group.addoption(
+        "--conformance-report",
+        dest="conformance_report",
+        metavar="PATH",
+        help="write a JSON report of every case's outcome to PATH",
+    )
 
 
 def active(config: pytest.Config) -> bool:

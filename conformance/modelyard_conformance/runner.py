@@ -66,8 +66,10 @@ def substitute(value: Any, variables: dict[str, Any]) -> Any:
     if isinstance(value, list):
         return [substitute(item, variables) for item in value]
     if isinstance(value, dict):
-        return {_VARIABLE.sub(lambda m: str(_lookup(m.group(1), variables)), key): substitute(item, variables)
-                for key, item in value.items()}
+        return {
+            _VARIABLE.sub(lambda m: str(_lookup(m.group(1), variables)), key): substitute(item, variables)
+            for key, item in value.items()
+        }
     return value
 
 

@@ -287,9 +287,13 @@ def unfiled() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m modelyard_conformance.selfcheck", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m modelyard_conformance.selfcheck", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--update-index", action="store_true", help=f"rewrite {INDEX_FILE} from the reference")
-    parser.add_argument("--reference", type=Path, help=f"ollama-api.md (default: ${REFERENCE_ENV} or shared/reference/)")
+    parser.add_argument(
+        "--reference", type=Path, help=f"ollama-api.md (default: ${REFERENCE_ENV} or shared/reference/)"
+    )
     args = parser.parse_args(argv)
     if args.update_index:
         reference = args.reference or find_reference()

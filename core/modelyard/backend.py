@@ -83,7 +83,13 @@ class Done(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def measured(
-        cls, reason: str, prompt: list[int], output: list[int], started: int, first_token_at: int | None, want_context: bool
+        cls,
+        reason: str,
+        prompt: list[int],
+        output: list[int],
+        started: int,
+        first_token_at: int | None,
+        want_context: bool,
     ) -> Done:
         """The Done of a token loop: prompt time until the first token, eval time after it (perf_counter_ns)."""
         finished = time.perf_counter_ns()

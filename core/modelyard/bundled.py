@@ -225,7 +225,12 @@ def install_smollm2(store: ModelStore) -> None:
     existing = store.find(SMOLLM2.name)
     layer = _model_layer(existing)
     blob = None if layer is None else store.blob_path(layer.digest)
-    if blob is not None and blob.is_symlink() and blob.resolve() == source.resolve() and layer.size == source.stat().st_size:
+    if (
+        blob is not None
+        and blob.is_symlink()
+        and blob.resolve() == source.resolve()
+        and layer.size == source.stat().st_size
+    ):
         digest = layer.digest  # our link to the wheel's file: no need to read 98 MB again
     else:
         digest = "sha256:" + sha256_file(source)

@@ -87,5 +87,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             trace_hooks=env.get("MODELYARD_TRACE_HOOKS", "") not in ("", "0", "false"),
             noprune=bool(env.get("OLLAMA_NOPRUNE")),
             origins=tuple(o.strip() for o in env.get("OLLAMA_ORIGINS", "").split(",") if o.strip()),
-            max_body_size=parse_size(env["MODELYARD_MAX_BODY_SIZE"]) if env.get("MODELYARD_MAX_BODY_SIZE") else DEFAULT_MAX_BODY_SIZE,
+            max_body_size=parse_size(env["MODELYARD_MAX_BODY_SIZE"])
+            if env.get("MODELYARD_MAX_BODY_SIZE")
+            else DEFAULT_MAX_BODY_SIZE,
         )

@@ -1124,7 +1124,9 @@ class GoTemplate:
         cut = False
 
         def reads(pipeline: _Pipeline) -> bool:
-            return any(isinstance(arg, _Field) and name in arg.names for command in pipeline.commands for arg in command.args)
+            return any(
+                isinstance(arg, _Field) and name in arg.names for command in pipeline.commands for arg in command.args
+            )
 
         def walk(nodes: list[Any]) -> list[Any]:
             nonlocal cut

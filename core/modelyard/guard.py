@@ -14,13 +14,18 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from .config import Settings
 
 # Ollama's defaults: localhost on any port, and app, file and editor webviews.
-DEFAULT_ORIGINS = r"https?://(localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(:\d+)?|(app|file|tauri|vscode-webview|vscode-file)://.*"
+DEFAULT_ORIGINS = (
+    r"https?://(localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(:\d+)?|(app|file|tauri|vscode-webview|vscode-file)://.*"
+)
 LOCAL_SUFFIXES = (".localhost", ".local", ".internal")
 
 
 def origin_pattern(settings: Settings) -> str:
     """A regular expression of the allowed origins: the defaults plus OLLAMA_ORIGINS (globs allowed)."""
-    extra = [fnmatch.translate(origin).removesuffix(r"\Z").removeprefix("(?s:").removesuffix(")") for origin in settings.origins]
+    extra = [
+        fnmatch.translate(origin).removesuffix(r"\Z").removeprefix("(?s:").removesuffix(")")
+        for origin in settings.origins
+    ]
     return "|".join([f"(?:{DEFAULT_ORIGINS})", *(f"(?:{pattern})" for pattern in extra)])
 
 

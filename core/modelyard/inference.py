@@ -106,7 +106,12 @@ class Inference:
         return backend, capabilities
 
     async def _lease(
-        self, model: StoredModel, backend: Backend, raw_options: dict[str, Any] | None, raw_format: Any, keep_alive: float | None
+        self,
+        model: StoredModel,
+        backend: Backend,
+        raw_options: dict[str, Any] | None,
+        raw_format: Any,
+        keep_alive: float | None,
     ) -> tuple[Lease, Options, Format]:
         """Options (defaults < model PARAMETERs < request) and format checked, then the model leased."""
         request_options = parse_options(raw_options)
@@ -141,7 +146,9 @@ class Inference:
                 yield chunk("", done=True, done_reason="load")
                 return
             if request.raw:
-                completion = Completion(options=options, prompt=prompt, format=format_, truncate=request.truncate is not False)
+                completion = Completion(
+                    options=options, prompt=prompt, format=format_, truncate=request.truncate is not False
+                )
             else:
                 system = request.system or model.system
                 messages = [Message(role="system", content=system)] if system else []

@@ -204,7 +204,9 @@ class Management:
             config = onnx_config
         elif model_file:
             yield progress("parsing GGUF")
-            model_layer = Layer(mediaType=MODEL_MEDIA_TYPE, digest=model_file, size=self.store.blob_path(model_file).stat().st_size)
+            model_layer = Layer(
+                mediaType=MODEL_MEDIA_TYPE, digest=model_file, size=self.store.blob_path(model_file).stat().st_size
+            )
             layers = [layer for layer in layers if layer.mediaType not in (MODEL_MEDIA_TYPE, ONNX_FILE_MEDIA_TYPE)]
             layers.insert(0, model_layer)
             config = self._gguf_config(model_layer)
@@ -221,7 +223,9 @@ class Management:
 
         for digest in adapters:
             layers = [layer for layer in layers if layer.mediaType != ADAPTER_MEDIA_TYPE]
-            layers.append(Layer(mediaType=ADAPTER_MEDIA_TYPE, digest=digest, size=self.store.blob_path(digest).stat().st_size))
+            layers.append(
+                Layer(mediaType=ADAPTER_MEDIA_TYPE, digest=digest, size=self.store.blob_path(digest).stat().st_size)
+            )
         if parameters and base is not None:
             parameters = {**base.parameters, **parameters}
         texts: list[tuple[str, bytes | None]] = [
@@ -244,7 +248,9 @@ class Management:
                 yield progress(f"{'creating new' if created else 'using existing'} layer {layer.digest}")
                 layers.append(layer)
 
-        config = msgspec.structs.replace(config, rootfs=msgspec.structs.replace(config.rootfs, diff_ids=[l.digest for l in layers]))
+        config = msgspec.structs.replace(
+            config, rootfs=msgspec.structs.replace(config.rootfs, diff_ids=[l.digest for l in layers])
+        )
         config_layer, _ = self._text_layer(CONFIG_MEDIA_TYPE, msgspec.json.encode(config))
         yield progress("writing manifest")
         previous = self.store.find(name)
@@ -332,7 +338,9 @@ class Management:
             raise BadRequest("no installed backend can quantize models (the llamacpp backend can)")
         return source_type, target_type, quantizer
 
-    async def _quantize(self, layers: list[Layer], source_type: str, target_type: str, quantizer: Any) -> AsyncIterator[Any]:
+    async def _quantize(
+        self, layers: list[Layer], source_type: str, target_type: str, quantizer: Any
+    ) -> AsyncIterator[Any]:
         """Progress lines, then the (layers, config) with the quantized model layer."""
         model_layer = next(layer for layer in layers if layer.mediaType == MODEL_MEDIA_TYPE)
         yield progress(f"quantizing {source_type} model to {target_type}", digest="0" * 19, total=model_layer.size)
@@ -351,4 +359,3 @@ class Management:
         quantized = Layer(mediaType=MODEL_MEDIA_TYPE, digest=digest, size=self.store.blob_path(digest).stat().st_size)
         yield progress(f"creating new layer {digest}")
         yield [quantized if layer is model_layer else layer for layer in layers], self._gguf_config(quantized)
-

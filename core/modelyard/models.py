@@ -136,9 +136,7 @@ def describe_model(model: StoredModel, backends: Backends, verbose: bool) -> Sho
     if model.messages:
         fields["messages"] = model.messages
     if model.format == "gguf":
-        fields["tensors"] = [
-            {"name": t.name, "type": t.type, "shape": t.shape} for t in model.gguf.tensors
-        ]
+        fields["tensors"] = [{"name": t.name, "type": t.type, "shape": t.shape} for t in model.gguf.tensors]
     return ShowResponse(
         modelfile=modelfile_text(model),
         details=model.details(),

@@ -82,7 +82,6 @@ class ModelName(msgspec.Struct, frozen=True):
         return tuple(part.lower() for part in self.parts)
 
 
-
 def strip_source(text: str) -> str:
     """The name without Ollama's `:local` source suffix (every model is local here).
 

@@ -84,7 +84,11 @@ def _go_message(message: Message) -> dict[str, Any]:
     calls = [
         {
             "ID": call.id or "",
-            "Function": {"Index": call.function.index, "Name": call.function.name, "Arguments": GoMap(call.function.arguments or {})},
+            "Function": {
+                "Index": call.function.index,
+                "Name": call.function.name,
+                "Arguments": GoMap(call.function.arguments or {}),
+            },
         }
         for call in (message.tool_calls or [])
     ]
@@ -129,13 +133,22 @@ def render_go_template(
         template = GoTemplate(source)
     except GoTemplateError as exc:
         raise InternalError(str(exc)) from exc
-    base = {"Response": "", "Suffix": suffix, "Tools": _go_tools(tools), "Think": False, "ThinkLevel": "", "IsThinkSet": False}
+    base = {
+        "Response": "",
+        "Suffix": suffix,
+        "Tools": _go_tools(tools),
+        "Think": False,
+        "ThinkLevel": "",
+        "IsThinkSet": False,
+    }
     system, collated = collate(messages)
     fields = template_fields(source)
     try:
         if "messages" in fields:
             last_user = next((m.content for m in reversed(collated) if m.role == "user"), "")
-            return template.render({**base, "System": system, "Prompt": last_user, "Messages": [_go_message(m) for m in collated]})
+            return template.render(
+                {**base, "System": system, "Prompt": last_user, "Messages": [_go_message(m) for m in collated]}
+            )
         return _render_turns(template, "response" in fields, collated, base)
     except GoTemplateError as exc:
         raise InternalError(str(exc)) from exc

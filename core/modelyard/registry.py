@@ -115,7 +115,11 @@ def _parse_challenge(header: str) -> _Challenge | None:
     if not header.lower().startswith("bearer "):
         return None
     fields = dict(re.findall(r'(\w+)="([^"]*)"', header))
-    return _Challenge(realm=fields["realm"], service=fields.get("service", ""), scope=fields.get("scope", "")) if "realm" in fields else None
+    return (
+        _Challenge(realm=fields["realm"], service=fields.get("service", ""), scope=fields.get("scope", ""))
+        if "realm" in fields
+        else None
+    )
 
 
 class RegistryClient:
@@ -283,7 +287,9 @@ class Registry:
         task = download.task
         try:
             while not task.done():
-                yield ProgressResponse(status=status, digest=layer.digest, total=layer.size, completed=download.completed or msgspec.UNSET)
+                yield ProgressResponse(
+                    status=status, digest=layer.digest, total=layer.size, completed=download.completed or msgspec.UNSET
+                )
                 await asyncio.wait({task}, timeout=PROGRESS_INTERVAL)
             task.result()
             yield ProgressResponse(status=status, digest=layer.digest, total=layer.size, completed=layer.size)
@@ -292,7 +298,9 @@ class Registry:
             if download.waiters == 0 and not task.done():
                 task.cancel()  # nobody waits any more: stop, keep the partial file for resuming
 
-    async def _download(self, name: ModelName, insecure: bool, token: str | None, layer: Layer, download: _Download) -> None:
+    async def _download(
+        self, name: ModelName, insecure: bool, token: str | None, layer: Layer, download: _Download
+    ) -> None:
         # Its own connection: the pull that started it may go away while others still wait for it.
         async with RegistryClient(name, insecure, "pull") as client:
             client.token = token
@@ -317,7 +325,12 @@ class Registry:
             except httpx.TransportError as exc:
                 failures += 1
                 last_failure = str(client.unreachable(step, "GET", client.blob_url(layer.digest), exc))
-                log.warning("download of %s broke at %d bytes (%s); resuming", layer.digest[:19], download.completed, last_failure)
+                log.warning(
+                    "download of %s broke at %d bytes (%s); resuming",
+                    layer.digest[:19],
+                    download.completed,
+                    last_failure,
+                )
             except _RetryableStatus as exc:
                 failures += 1
                 last_failure = exc.message
@@ -332,7 +345,9 @@ class Registry:
                 raise RegistryError(f"max retries exceeded: {last_failure}")
             await asyncio.sleep(min(2.0, 0.1 * 2**failures))
 
-    async def _fetch(self, client: RegistryClient, digest: str, partial: Path, offset: int, download: _Download) -> None:
+    async def _fetch(
+        self, client: RegistryClient, digest: str, partial: Path, offset: int, download: _Download
+    ) -> None:
         step = f"pulling {digest[7:19]}"
         async with client.stream_blob(digest, offset) as response:
             if response.status_code == 401 and await client.authenticate(step, response):
@@ -374,7 +389,9 @@ class Registry:
                     yield line
             yield ProgressResponse(status="pushing manifest")
             step, url = "push model manifest", f"{client.base}/manifests/{name.tag}"
-            response = await client.request(step, "PUT", url, content=raw, headers={"Content-Type": MANIFEST_MEDIA_TYPE})
+            response = await client.request(
+                step, "PUT", url, content=raw, headers={"Content-Type": MANIFEST_MEDIA_TYPE}
+            )
             if response.status_code not in (200, 201):
                 raise client.refused(step, "PUT", url, response)
         yield ProgressResponse(status="success")
@@ -413,7 +430,9 @@ class Registry:
         )
         try:
             while not upload.done():
-                yield ProgressResponse(status=status, digest=layer.digest, total=layer.size, completed=sent or msgspec.UNSET)
+                yield ProgressResponse(
+                    status=status, digest=layer.digest, total=layer.size, completed=sent or msgspec.UNSET
+                )
                 await asyncio.wait({upload}, timeout=PROGRESS_INTERVAL)
         finally:
             if not upload.done():

@@ -76,9 +76,7 @@ class Scheduler:
     def _slot(self, key: str) -> asyncio.Lock:
         return self.slots.setdefault(key, asyncio.Lock())
 
-    async def acquire(
-        self, model: StoredModel, backend: Backend, options: Options, keep_alive: float | None
-    ) -> Lease:
+    async def acquire(self, model: StoredModel, backend: Backend, options: Options, keep_alive: float | None) -> Lease:
         """Wait for the model's turn, load it if needed, and lease it to one request."""
         key = self._key(model)
         slot = self._slot(key)

@@ -395,16 +395,18 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
         },
         lifespan=[lifespan],
         middleware=[guard_middleware(settings)],
-        state=State({
-            "settings": settings,
-            "store": store,
-            "backends": backends,
-            "scheduler": scheduler,
-            "inference": Inference(store, backends, scheduler, settings.context_length),
-            "management": Management(store, backends, scheduler, prune=not settings.noprune),
-            "registry": None,  # see registry()
-            "plugin_manager": manager,
-        }),
+        state=State(
+            {
+                "settings": settings,
+                "store": store,
+                "backends": backends,
+                "scheduler": scheduler,
+                "inference": Inference(store, backends, scheduler, settings.context_length),
+                "management": Management(store, backends, scheduler, prune=not settings.noprune),
+                "registry": None,  # see registry()
+                "plugin_manager": manager,
+            }
+        ),
         openapi_config=None,
         request_max_body_size=settings.max_body_size,  # /api/blobs sets its own: none
         debug=False,

@@ -563,7 +563,9 @@ def onnx_model_config(files: dict[str, Path]) -> ModelConfig:
         model = genai["model"]
         family = str(model["type"])
     except (KeyError, TypeError, msgspec.DecodeError) as exc:
-        raise ValueError(f"{ONNX_CONFIG_FILE} is not an ONNX Runtime GenAI config (it needs model.type): {exc}") from None
+        raise ValueError(
+            f"{ONNX_CONFIG_FILE} is not an ONNX Runtime GenAI config (it needs model.type): {exc}"
+        ) from None
     graphs = [path for path in files if path.endswith(".onnx")]
     named = [
         section["filename"]

@@ -165,7 +165,9 @@ class LlamaCppBackend:
             llm = await asyncio.to_thread(construct)
         except (ValueError, RuntimeError, MemoryError) as exc:
             reason = "; ".join(engine_said) or str(exc) or type(exc).__name__
-            raise InternalError(f"llama.cpp could not load {model.model_path} ({model.name.display}): {reason}") from exc
+            raise InternalError(
+                f"llama.cpp could not load {model.model_path} ({model.name.display}): {reason}"
+            ) from exc
         return LlamaCppModel(llm, model, n_ctx)
 
     async def quantize(self, source: Path, target: Path, file_type: str) -> None:
@@ -331,7 +333,11 @@ def _token_text(metadata: Metadata, key: str) -> str:
     token_id = metadata.get(key)
     count = metadata.array_length("tokenizer.ggml.tokens") or 0
     # One token read from the file: the whole vocabulary (49k strings) is not needed here.
-    return metadata.array_item("tokenizer.ggml.tokens", token_id) if isinstance(token_id, int) and 0 <= token_id < count else ""
+    return (
+        metadata.array_item("tokenizer.ggml.tokens", token_id)
+        if isinstance(token_id, int) and 0 <= token_id < count
+        else ""
+    )
 
 
 def _kv_cache_bytes(model: StoredModel, n_ctx: int) -> int:

@@ -47,7 +47,9 @@ __all__ = ["OnnxBackend", "OnnxModel", "OnnxSettings", "check_provider", "closed
 
 Provider = Literal["cpu", "cuda", "dml"]
 
-INSTALL_HINT = "the onnx backend needs onnxruntime-genai: pip install 'modelyard[onnx]' (or [onnx-cuda], [onnx-directml])"
+INSTALL_HINT = (
+    "the onnx backend needs onnxruntime-genai: pip install 'modelyard[onnx]' (or [onnx-cuda], [onnx-directml])"
+)
 
 
 class OnnxSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -97,7 +99,9 @@ class OnnxBackend:
             raise BackendUnavailable(INSTALL_HINT)
         n_ctx, provider, threads, device = self.load_key(model, options)
         view = model.folder_view()
-        opening = Open(str(view.path), provider, threads, device, n_ctx, self.settings.prefill_chunk, model.name.display)
+        opening = Open(
+            str(view.path), provider, threads, device, n_ctx, self.settings.prefill_chunk, model.name.display
+        )
         loaded = OnnxModel(opening, view, model)
         try:
             await loaded.start()
@@ -209,7 +213,9 @@ class OnnxModel:
                 return
         except EngineGone:
             finished = True
-            raise InternalError(f"onnxruntime-genai stopped while generating with {self.name}: {self._exit_status()}") from None
+            raise InternalError(
+                f"onnxruntime-genai stopped while generating with {self.name}: {self._exit_status()}"
+            ) from None
         finally:
             if not finished:  # the client went away: stop the engine, and wait until it is idle
                 await wait_uncancellable(asyncio.ensure_future(self._stop_generating()))

@@ -224,7 +224,9 @@ def _run(command: list[str], on_line: Callable[[str], None] | None = None) -> No
     """Run a step, handing each line of its output to `on_line`; its last lines become the error when it fails."""
     tail: deque[str] = deque(maxlen=60)
     # Text mode splits at "\r" too, so a progress bar's updates arrive as lines.
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as child:
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as child:
         assert child.stdout is not None
         for line in child.stdout:
             line = line.rstrip("\n")
@@ -296,7 +298,16 @@ def _ensure_build_venv(folder: Path, base_python: str | None, display: Display) 
     base = base_python or shutil.which("python3") or sys.executable
     _run([base, "-m", "venv", "--clear", str(folder)])
     display.stage("environment", f"installing {len(BUILD_PACKAGES)} packages with pip (a few minutes the first time)")
-    command = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off", *BUILD_PACKAGES]
+    command = [
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "off",
+        *BUILD_PACKAGES,
+    ]
     _run(command, display.detail)
     marker.write_text(wanted)
     return str(python)
@@ -326,7 +337,9 @@ class Recipe:
         return options + (["--tiny"] if self.tiny else [])
 
 
-def run_conversion(python: str, source: Path, out: Path, recipe: Recipe = Recipe(), display: Display | None = None) -> None:
+def run_conversion(
+    python: str, source: Path, out: Path, recipe: Recipe = Recipe(), display: Display | None = None
+) -> None:
     """Run `convert()` in another Python (one that has the conversion packages), showing its stages."""
     command = [python, str(Path(__file__).resolve()), str(source), str(out), *recipe.arguments(), "--marked-progress"]
     with _shown_on(display) as display:
@@ -408,7 +421,9 @@ def _convert(source: Path, out: Path, recipe: Recipe, report: Display | MarkedLi
     algo = recipe.algo or ("default" if recipe.tiny else "k_quant")
     with tempfile.TemporaryDirectory(prefix="modelyard-convert-") as work:
         hf = Path(work) / "hf"
-        network = "a small random network with the GGUF's tokenizer" if recipe.tiny else "dequantizing the GGUF's weights"
+        network = (
+            "a small random network with the GGUF's tokenizer" if recipe.tiny else "dequantizing the GGUF's weights"
+        )
         report.stage("conversion", f"reading {source.name}: {network} (transformers)")
         _hf_folder(source, hf, recipe.tiny, report.detail)
         built = Path(work) / "onnx"
@@ -443,8 +458,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=["int4", "int8", "fp16", "fp32"],
         help="default int4, or int8 for a GGUF already in 4 bits or fewer (int4 would quantize it again)",
     )
-    parser.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "dml"], help="build the graph for this provider")
-    parser.add_argument("--algo", help="int4 quantization: k_quant (default), rtn, default... (the builder's algo_config)")
+    parser.add_argument(
+        "--provider", default="cpu", choices=["cpu", "cuda", "dml"], help="build the graph for this provider"
+    )
+    parser.add_argument(
+        "--algo", help="int4 quantization: k_quant (default), rtn, default... (the builder's algo_config)"
+    )
     parser.add_argument("--tiny", action="store_true", help="a small random network with the GGUF's tokenizer")
     parser.add_argument("--venv", type=Path, help="make and use a virtual environment there for the conversion")
     # Set by run_conversion: report stages as marked lines to the process that shows them.

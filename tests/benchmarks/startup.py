@@ -64,7 +64,9 @@ def rss_mb(pid: int) -> float:
 def http_request(port: int, method: str, path: str, body: bytes = b"", timeout: float = 60) -> tuple[int, bytes]:
     """One request on a fresh connection (stdlib only); the status and the whole body."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
-        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
         connection.sendall(head.encode() + body)
         data = b""
         while chunk := connection.recv(65536):
@@ -82,7 +84,9 @@ class Server:
             env["PYTHONPYCACHEPREFIX"] = str(pycache)
         self.log = open(log, "ab")
         self.launched = time.perf_counter()
-        self.process = subprocess.Popen([python, "-m", "modelyard", "serve"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [python, "-m", "modelyard", "serve"], env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
 
     def wait_root(self, timeout: float = 180) -> float:
         """Seconds from launch to the first 200 from `/` (polled every 5 ms)."""
@@ -101,7 +105,9 @@ class Server:
     def first_token(self) -> float:
         """Seconds from launch to the first streamed token of a generate sent as soon as `/` answers."""
         self.wait_root()
-        body = json.dumps({"model": MODEL, "prompt": PROMPT, "stream": True, "options": {"num_predict": 8, "temperature": 0}})
+        body = json.dumps(
+            {"model": MODEL, "prompt": PROMPT, "stream": True, "options": {"num_predict": 8, "temperature": 0}}
+        )
         with socket.create_connection(("127.0.0.1", self.port), timeout=120) as connection:
             head = f"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             connection.sendall(head.encode() + body.encode())
@@ -142,7 +148,9 @@ async def requests_per_second(port: int, path: str, seconds: float, connections:
                 if not head.startswith(b"HTTP/1.1 200"):
                     raise RuntimeError(head.decode())
                 length = next(
-                    int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
                 )
                 await reader.readexactly(length)
                 done += 1
@@ -156,7 +164,10 @@ async def requests_per_second(port: int, path: str, seconds: float, connections:
 
 def raw_llama_rss(python: str, gguf: str) -> float:
     output = subprocess.run(
-        [python, "-c", RAW_LLAMA, gguf, str(NUM_CTX), str(NUM_BATCH), PROMPT], capture_output=True, text=True, check=True
+        [python, "-c", RAW_LLAMA, gguf, str(NUM_CTX), str(NUM_BATCH), PROMPT],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return int(output.split()[-1]) / 1024
 
@@ -221,7 +232,9 @@ def main() -> int:
 
     gguf = subprocess.run(
         [args.python, "-c", "from modelyard.bundled import smollm2_gguf; print(smollm2_gguf())"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     raw = [raw_llama_rss(args.python, gguf) for _ in range(3)]
 
@@ -253,7 +266,8 @@ def main() -> int:
     for path, values in rates.items():
         cost = median(costs[path])
         print(
-            f"{path:<13} requests/s:  median {median(values):.0f}  (" + ", ".join(f"{v:.0f}" for v in values)
+            f"{path:<13} requests/s:  median {median(values):.0f}  ("
+            + ", ".join(f"{v:.0f}" for v in values)
             + f"; {args.connections} connections); server CPU {cost:.0f} us a request (at most {1e6 / cost:.0f}/s on one core)"
         )
     return 0

@@ -51,7 +51,12 @@ def rendered_prompt() -> str:
 
 
 def time_server(url: str, prompt: str) -> Timing:
-    body = {"model": MODEL, "prompt": prompt, "raw": True, "options": {"temperature": 0, "seed": 1, "num_predict": TOKENS}}
+    body = {
+        "model": MODEL,
+        "prompt": prompt,
+        "raw": True,
+        "options": {"temperature": 0, "seed": 1, "num_predict": TOKENS},
+    }
     stamps = []
     with httpx.Client(timeout=120) as client:
         started = time.perf_counter()
@@ -75,7 +80,9 @@ def test_decode_rate_and_first_token_against_raw_llama_cpp(benchmark, server):
     from llama_cpp import Llama
 
     prompt = rendered_prompt()
-    llm = Llama(str(smollm2_gguf()), n_ctx=4096, n_threads=default_threads(), n_threads_batch=default_threads(), verbose=False)
+    llm = Llama(
+        str(smollm2_gguf()), n_ctx=4096, n_threads=default_threads(), n_threads_batch=default_threads(), verbose=False
+    )
     time_server(server.url, prompt)  # warm-up: load the model
     time_raw(llm, prompt)
     ours: list[Timing] = []

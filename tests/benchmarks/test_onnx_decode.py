@@ -72,7 +72,12 @@ def rendered_prompt() -> str:
 
 
 def time_server(url: str, model: str, prompt: str) -> Timing:
-    body = {"model": model, "prompt": prompt, "raw": True, "options": {"temperature": 0, "seed": 1, "num_predict": TOKENS}}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "raw": True,
+        "options": {"temperature": 0, "seed": 1, "num_predict": TOKENS},
+    }
     stamps = []
     with httpx.Client(timeout=120) as client:
         started = time.perf_counter()

@@ -32,7 +32,11 @@ class Terminal:
         env = {**os.environ, "OLLAMA_HOST": server_url, "TERM": "xterm", "HOME": str(home)}
         env.pop("OLLAMA_NOHISTORY", None)
         self.child = pexpect.spawn(
-            sys.executable, ["-m", "modelyard", "run", *args], env=env, encoding="utf-8", timeout=TIMEOUT,
+            sys.executable,
+            ["-m", "modelyard", "run", *args],
+            env=env,
+            encoding="utf-8",
+            timeout=TIMEOUT,
             dimensions=(40, 200),
         )
         self.child.expect_exact(PROMPT)
@@ -107,7 +111,7 @@ def test_unknown_commands_are_reported_not_sent(echo_terminal):
 
 def test_a_refused_message_is_reported_and_left_out(echo_terminal):
     thinking = echo_terminal.send("/set think")
-    assert thinking.strip() == 'warning: model "smollm2:135m" does not support thinking output\nSet \'think\' mode.'
+    assert thinking.strip() == "warning: model \"smollm2:135m\" does not support thinking output\nSet 'think' mode."
     assert echo_terminal.send("hello").strip() == 'Error: "smollm2:135m" does not support thinking'
     echo_terminal.send("/set nothink")
     echo_terminal.send("/set verbose")
@@ -247,7 +251,10 @@ def test_set_system_and_parameters_then_show_them(echo_terminal):
 
 
 def test_set_format_and_display_modes(echo_terminal):
-    assert echo_terminal.send("/set format xml").strip() == "Invalid or missing format. For 'json' mode use '/set format json'"
+    assert (
+        echo_terminal.send("/set format xml").strip()
+        == "Invalid or missing format. For 'json' mode use '/set format json'"
+    )
     assert echo_terminal.send("/set format json").strip() == "Set format to 'json' mode."
     assert '{"echo": "hi there"}\n\n' in echo_terminal.send("hi there")  # the echo backend's JSON mode
     assert echo_terminal.send("/set noformat").strip() == "Disabled format."
@@ -280,7 +287,9 @@ def test_save_creates_a_model_and_load_switches_to_it(echo_terminal, echo_server
         assert saved["system"] == "Be brief."
         assert re.search(r"num_predict\s+16", saved["parameters"])
         assert [(m["role"], m["content"]) for m in saved["messages"]] == [
-            ("system", "Be brief."), ("user", "remember this"), ("assistant", "remember this"),
+            ("system", "Be brief."),
+            ("user", "remember this"),
+            ("assistant", "remember this"),
         ]
         try:
             # A session on the saved model starts where it left off.

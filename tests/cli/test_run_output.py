@@ -71,5 +71,8 @@ def test_thinking_is_shown_before_the_answer(capsys):
     answer = stream_answer(StreamingClient(parts), "/api/chat", {}, session)
     printed = capsys.readouterr()
     assert printed.out == "Thinking...\nLet me think.\n...done thinking.\n\nYes.\n\n"  # Ollama's plain-text form
-    assert printed.err == "eval count:           3 token(s)\neval duration:        1.5ms\neval rate:            2000.00 tokens/s\n"
+    assert (
+        printed.err
+        == "eval count:           3 token(s)\neval duration:        1.5ms\neval rate:            2000.00 tokens/s\n"
+    )
     assert (answer.content, answer.thinking) == ("Yes.", "Let me think.")

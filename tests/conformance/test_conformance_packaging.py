@@ -81,17 +81,29 @@ def install_alone(root: Path, package: str, build_options: list[str]) -> FreshIn
     uv = uv_command()
     subprocess.run(
         [uv, "build", "--package", package, *build_options, "--out-dir", str(root / "dist")],
-        cwd=REPO, env=clean_environment(), check=True, capture_output=True, timeout=300,
+        cwd=REPO,
+        env=clean_environment(),
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (wheel,) = (root / "dist").glob(package.replace("-", "_") + "-*.whl")
     folder = root / "venv"
     subprocess.run(
         [uv, "venv", "--python", sys.executable, str(folder)],
-        cwd=root, env=clean_environment(), check=True, capture_output=True, timeout=120,
+        cwd=root,
+        env=clean_environment(),
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     subprocess.run(
         [uv, "pip", "install", "--python", str(folder / "bin" / "python"), str(wheel)],
-        cwd=root, env=clean_environment(), check=True, capture_output=True, timeout=300,
+        cwd=root,
+        env=clean_environment(),
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     return FreshInstall(folder, wheel)
 
@@ -113,7 +125,11 @@ def report_of(path: Path) -> dict[str, Any]:
 
 
 def outcomes(report: dict[str, Any], outcome: str) -> list[str]:
-    return sorted(f"{r['case']}[{r['mode']}]" if r["mode"] else r["case"] for r in report.get("results", []) if r["outcome"] == outcome)
+    return sorted(
+        f"{r['case']}[{r['mode']}]" if r["mode"] else r["case"]
+        for r in report.get("results", [])
+        if r["outcome"] == outcome
+    )
 
 
 def test_the_standalone_suite_has_no_engine_and_no_modelyard(standalone: FreshInstall, tmp_path: Path) -> None:
@@ -135,9 +151,24 @@ def test_the_standalone_suite_runs_against_a_server_through_pytest(
     point, outside this repository (so none of its pytest settings apply)."""
     report = tmp_path / "report.json"
     command = [
-        str(standalone.bin / "python"), "-m", "pytest", "--pyargs", "modelyard_conformance", "-p", "no:cacheprovider",
-        "--base-url", echo_server.url, "--model", MODEL, "--expectations", "echo", "-k", CASES, "-q",
-        "--conformance-report", str(report),
+        str(standalone.bin / "python"),
+        "-m",
+        "pytest",
+        "--pyargs",
+        "modelyard_conformance",
+        "-p",
+        "no:cacheprovider",
+        "--base-url",
+        echo_server.url,
+        "--model",
+        MODEL,
+        "--expectations",
+        "echo",
+        "-k",
+        CASES,
+        "-q",
+        "--conformance-report",
+        str(report),
     ]
     completed = standalone.run(command, cwd=tmp_path)
     results = report_of(report)
@@ -145,7 +176,10 @@ def test_the_standalone_suite_runs_against_a_server_through_pytest(
     assert results["target"]["mode"] == "base-url"
     passed = outcomes(results, "passed")
     assert "server/version-reports-a-semver" in passed
-    assert "generate/final-chunk-has-nanosecond-stats[stream]" in passed and "generate/final-chunk-has-nanosecond-stats[no-stream]" in passed
+    assert (
+        "generate/final-chunk-has-nanosecond-stats[stream]" in passed
+        and "generate/final-chunk-has-nanosecond-stats[no-stream]" in passed
+    )
     assert any(name.startswith("chat/") for name in passed)
     assert outcomes(results, "failed") == [] and outcomes(results, "error") == []
 
@@ -154,7 +188,13 @@ def test_the_standalone_command_defaults_to_the_server_at_ollama_host(
     standalone: FreshInstall, echo_server: ServerProcess, tmp_path: Path
 ) -> None:
     report = tmp_path / "report.json"
-    command = [str(standalone.bin / "modelyard-conformance"), "-k", "server/version-reports", "--conformance-report", str(report)]
+    command = [
+        str(standalone.bin / "modelyard-conformance"),
+        "-k",
+        "server/version-reports",
+        "--conformance-report",
+        str(report),
+    ]
     completed = standalone.run(command, cwd=tmp_path, env={"OLLAMA_HOST": echo_server.url})
     assert completed.returncode == 0, completed.stdout[-6000:] + completed.stderr[-3000:]
     results = report_of(report)
@@ -162,9 +202,7 @@ def test_the_standalone_command_defaults_to_the_server_at_ollama_host(
     assert outcomes(results, "passed") == ["server/version-reports-a-semver"]
 
 
-def test_the_standalone_suite_says_that_backend_mode_needs_modelyard(
-    standalone: FreshInstall, tmp_path: Path
-) -> None:
+def test_the_standalone_suite_says_that_backend_mode_needs_modelyard(standalone: FreshInstall, tmp_path: Path) -> None:
     command = [str(standalone.bin / "modelyard-conformance"), "--backend", "echo"]
     completed = standalone.run(command, cwd=tmp_path)
     assert completed.returncode == 4, completed.stdout + completed.stderr  # pytest's usage error
@@ -190,7 +228,9 @@ def router_server(router: FreshInstall, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     env = {**clean_environment(), "OLLAMA_HOST": f"127.0.0.1:{port}", "MODELYARD_MODELS": str(tmp_path / "models")}
     with open(tmp_path / "serve.log", "wb") as log:
-        process = subprocess.Popen([str(router.bin / "modelyard"), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [str(router.bin / "modelyard"), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -224,14 +264,20 @@ def test_modelyard_without_extras_serves_and_names_the_missing_extra(
     (tmp_path / "Modelfile").write_text(f"FROM {gguf}\n")
     created = router.run(
         [str(router.bin / "modelyard"), "create", "small", "-f", str(tmp_path / "Modelfile")],
-        cwd=tmp_path, env={"OLLAMA_HOST": router_server},
+        cwd=tmp_path,
+        env={"OLLAMA_HOST": router_server},
     )
     assert created.returncode == 0, created.stdout + created.stderr
     listed = httpx.get(router_server + "/api/tags").json()
     assert [model["name"] for model in listed["models"]] == ["small:latest"]
-    answer = httpx.post(router_server + "/api/generate", json={"model": "small", "prompt": "hi", "stream": False}, timeout=60)
+    answer = httpx.post(
+        router_server + "/api/generate", json={"model": "small", "prompt": "hi", "stream": False}, timeout=60
+    )
     assert answer.status_code == 503
-    assert answer.json() == {"error": answer.json()["error"]} and "pip install 'modelyard[llamacpp]'" in answer.json()["error"]
+    assert (
+        answer.json() == {"error": answer.json()["error"]}
+        and "pip install 'modelyard[llamacpp]'" in answer.json()["error"]
+    )
 
 
 # --- the suite's own copies agree with modelyard's -----------------------------------------------------------
@@ -265,7 +311,8 @@ def test_the_suites_response_types_are_modelyards(path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "model", ["smollm2:135m", "llama3.2", "me/pirate", "localhost:5000/me/pirate:v1", "SmolLM2:135M", "m@sha256:" + "a" * 64]
+    "model",
+    ["smollm2:135m", "llama3.2", "me/pirate", "localhost:5000/me/pirate:v1", "SmolLM2:135M", "m@sha256:" + "a" * 64],
 )
 def test_the_suite_spells_model_names_as_modelyard_does(model: str) -> None:
     name = ModelName.parse(model)
@@ -274,7 +321,8 @@ def test_the_suite_spells_model_names_as_modelyard_does(model: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "host", [None, "", ":8080", "0.0.0.0", "0.0.0.0:1234", "example.com", "https://example.com:8443", "[::1]:9000", "::"]
+    "host",
+    [None, "", ":8080", "0.0.0.0", "0.0.0.0:1234", "example.com", "https://example.com:8443", "[::1]:9000", "::"],
 )
 def test_the_suite_reads_ollama_host_as_modelyard_does(host: str | None) -> None:
     assert ollama_host_url(host) == base_url(host)

@@ -117,8 +117,17 @@ def test_known_gaps_are_strict_xfails_with_their_issue(suite, tmp_path: Path) ->
     )
     run = suite(
         [
-            "--backend", "echo", "--model", MODEL, *ONLY_SMOLLM2, "--capability", "image",
-            "--expectations", str(expectations), "-k", "generate/image-generation-model-is-rejected",
+            "--backend",
+            "echo",
+            "--model",
+            MODEL,
+            *ONLY_SMOLLM2,
+            "--capability",
+            "image",
+            "--expectations",
+            str(expectations),
+            "-k",
+            "generate/image-generation-model-is-rejected",
         ],
         tmp_path / "report.json",
     )
@@ -141,7 +150,17 @@ def test_a_fixed_gap_turns_the_run_red(suite, tmp_path: Path) -> None:
         )
     )
     run = suite(
-        ["--backend", "echo", "--model", MODEL, *ONLY_SMOLLM2, "--expectations", str(expectations), "-k", "server/version"],
+        [
+            "--backend",
+            "echo",
+            "--model",
+            MODEL,
+            *ONLY_SMOLLM2,
+            "--expectations",
+            str(expectations),
+            "-k",
+            "server/version",
+        ],
         tmp_path / "report.json",
     )
     assert run.returncode != 0, run.output
@@ -150,9 +169,7 @@ def test_a_fixed_gap_turns_the_run_red(suite, tmp_path: Path) -> None:
 
 def test_base_url_mode_runs_against_a_separate_server(suite, tmp_path: Path) -> None:
     with ServerProcess(tmp_path / "models", {"MODELYARD_BACKENDS": "echo", **SERVER_ENV}) as server:
-        run = suite(
-            ["--base-url", server.url, "--model", MODEL, "--expectations", "echo"], tmp_path / "report.json"
-        )
+        run = suite(["--base-url", server.url, "--model", MODEL, "--expectations", "echo"], tmp_path / "report.json")
     returncode = run.returncode
     assert returncode == 0, run.explain()
     assert run.report["target"]["mode"] == "base-url"
@@ -323,10 +340,14 @@ def test_an_out_of_tree_backend_plugin_passes_the_suite(suite, tmp_path: Path) -
     (tmp_path / "reverse.yaml").write_text(GAPS)
     run = suite(
         [
-            "--backend", "reverse",
-            "--model", MODEL,
-            "--expectations", str(tmp_path / "reverse.yaml"),
-            "--capability", "fault-injection",
+            "--backend",
+            "reverse",
+            "--model",
+            MODEL,
+            "--expectations",
+            str(tmp_path / "reverse.yaml"),
+            "--capability",
+            "fault-injection",
             *ONLY_SMOLLM2,
         ],
         tmp_path / "report.json",

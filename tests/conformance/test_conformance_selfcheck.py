@@ -19,9 +19,7 @@ from modelyard_conformance.schema import Case, DataError, Expect, load_case_file
 def implemented_endpoints(tmp_path: Path) -> list[tuple[str, str]]:
     """What modelyard's app serves, as (method, path), from its routes."""
     app = create_app(Settings(models=tmp_path / "models", backends=("echo",), bundled_models=()))
-    return sorted(
-        (method, route.path) for route in app.routes for method in route.methods if method != "OPTIONS"
-    )
+    return sorted((method, route.path) for route in app.routes for method in route.methods if method != "OPTIONS")
 
 
 def case(**fields) -> Case:
@@ -125,7 +123,9 @@ def test_coverage_problems_are_found() -> None:
     assert any("no case requests it" in problem for problem in problems)
     assert any("says pending" in problem for problem in problems)
     # A catalogue row neither covered nor pending.
-    fewer = msgspec.structs.replace(coverage, pending=[p for p in coverage.pending if p.row != "`input` bad type | embed"])
+    fewer = msgspec.structs.replace(
+        coverage, pending=[p for p in coverage.pending if p.row != "`input` bad type | embed"]
+    )
     assert any("`input` bad type" in problem for problem in selfcheck.coverage_problems(cases, index, fewer))
 
 

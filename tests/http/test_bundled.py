@@ -68,7 +68,10 @@ def test_a_user_model_under_a_bundled_name_is_left_alone(tmp_path):
     template = store.write_blob(b"{{ .Prompt }}")
     install_smollm2(store)
     config = store.find(SMOLLM2.name).manifest.config
-    layers = [Layer(mediaType=MODEL_MEDIA_TYPE, digest=weights.digest, size=weights.size), Layer(mediaType=TEMPLATE_MEDIA_TYPE, digest=template.digest, size=template.size)]
+    layers = [
+        Layer(mediaType=MODEL_MEDIA_TYPE, digest=weights.digest, size=weights.size),
+        Layer(mediaType=TEMPLATE_MEDIA_TYPE, digest=template.digest, size=template.size),
+    ]
     mine = Manifest(config=config, layers=layers)
     store.write_manifest(SMOLLM2.name, mine)
     install_smollm2(store)
@@ -82,7 +85,10 @@ def test_a_user_model_with_the_bundled_weights_and_its_own_template_is_left_alon
     model = store.find(SMOLLM2.name)
     weights = next(layer for layer in model.manifest.layers if layer.mediaType == MODEL_MEDIA_TYPE)
     template = store.write_blob(b"{{ .Prompt }}")
-    mine = Manifest(config=model.manifest.config, layers=[weights, Layer(mediaType=TEMPLATE_MEDIA_TYPE, digest=template.digest, size=template.size)])
+    mine = Manifest(
+        config=model.manifest.config,
+        layers=[weights, Layer(mediaType=TEMPLATE_MEDIA_TYPE, digest=template.digest, size=template.size)],
+    )
     store.write_manifest(SMOLLM2.name, mine)
     install_smollm2(store)
     assert store.find(SMOLLM2.name).manifest == mine
@@ -100,7 +106,9 @@ def test_gemma3_pt_chats_in_gemma_markup_and_says_it_is_a_base_model(gemma_serve
     client = ollama.Client(host=gemma_server.url)
     try:
         answers = [
-            client.chat(model=GEMMA, messages=[{"role": "user", "content": question}], options={"num_predict": 48, "seed": seed})
+            client.chat(
+                model=GEMMA, messages=[{"role": "user", "content": question}], options={"num_predict": 48, "seed": seed}
+            )
             for seed, question in enumerate(["Say hi.", "What is the capital of France?", "Write a haiku."])
         ]
         shown = client.show(GEMMA)
@@ -115,7 +123,7 @@ def test_gemma3_pt_chats_in_gemma_markup_and_says_it_is_a_base_model(gemma_serve
     assert shown.parameters.split() == ["stop", '"<end_of_turn>"']
     assert "pretrained (base) model" in shown.license
     assert "PARAMETER stop <end_of_turn>" in shown.modelfile
-    assert "TEMPLATE \"\"\"{{- $systemPromptAdded := false }}" in shown.modelfile
+    assert 'TEMPLATE """{{- $systemPromptAdded := false }}' in shown.modelfile
     assert shown.capabilities == ["completion"]
 
 
@@ -124,7 +132,12 @@ def test_gemma3_pt_prompt_is_gemmas_turn_markup(gemma_server):
     client = ollama.Client(host=gemma_server.url)
     try:
         chat = client.chat(model=GEMMA, messages=[{"role": "user", "content": "Hi"}], options={"num_predict": 1})
-        raw = client.generate(model=GEMMA, prompt="<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n", raw=True, options={"num_predict": 1})
+        raw = client.generate(
+            model=GEMMA,
+            prompt="<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n",
+            raw=True,
+            options={"num_predict": 1},
+        )
     finally:
         client._client.close()
     assert chat.prompt_eval_count == raw.prompt_eval_count

@@ -27,7 +27,10 @@ def next_request_wait_ns(llama_server) -> int:
 def test_dropping_a_stream_frees_the_model(llama_server):
     token_ns = per_token_ns(llama_server)
     body = {"model": MODEL, "prompt": "Tell me a very long story about dragons.", "options": LONG}
-    with httpx.Client(timeout=120) as client, client.stream("POST", llama_server.url + "/api/generate", json=body) as response:
+    with (
+        httpx.Client(timeout=120) as client,
+        client.stream("POST", llama_server.url + "/api/generate", json=body) as response,
+    ):
         lines = response.iter_lines()
         for _ in range(3):
             assert json.loads(next(lines))["done"] is False
@@ -37,7 +40,9 @@ def test_dropping_a_stream_frees_the_model(llama_server):
 
 def test_dropping_a_non_streamed_request_frees_the_model(llama_server):
     token_ns = per_token_ns(llama_server)
-    payload = json.dumps({"model": MODEL, "prompt": "Tell me a very long story about dragons.", "stream": False, "options": LONG}).encode()
+    payload = json.dumps(
+        {"model": MODEL, "prompt": "Tell me a very long story about dragons.", "stream": False, "options": LONG}
+    ).encode()
     host, port = llama_server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as connection:
         connection.sendall(

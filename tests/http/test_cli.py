@@ -42,7 +42,9 @@ def short_model(llama_server) -> Iterator[str]:
     """SmolLM2 with `PARAMETER num_predict 24`: a sampled answer can ramble for minutes otherwise."""
     name = "smollm2-short"
     with httpx.Client(base_url=llama_server.url, timeout=60) as http:
-        created = http.post("/api/create", json={"model": name, "from": MODEL, "parameters": {"num_predict": 24}, "stream": False})
+        created = http.post(
+            "/api/create", json={"model": name, "from": MODEL, "parameters": {"num_predict": 24}, "stream": False}
+        )
         assert created.status_code == 200, created.text
         yield name
         http.request("DELETE", "/api/delete", json={"model": name})
@@ -85,8 +87,12 @@ def test_run_without_a_terminal_for_output_answers_once(echo_server):
     env = {**os.environ, "OLLAMA_HOST": echo_server.url}
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "modelyard", "run", MODEL], stdin=terminal, capture_output=True, env=env,
-            text=True, timeout=120,
+            [sys.executable, "-m", "modelyard", "run", MODEL],
+            stdin=terminal,
+            capture_output=True,
+            env=env,
+            text=True,
+            timeout=120,
         )
     finally:
         os.close(controller)

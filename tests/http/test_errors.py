@@ -64,7 +64,9 @@ def test_show_without_model_is_400(http):
 
 @pytest.mark.parametrize("path", ["/api/generate", "/api/chat"])
 def test_unknown_model_is_404(http, path):
-    response = http.post(path, json={"model": "no-such-model", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]})
+    response = http.post(
+        path, json={"model": "no-such-model", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}
+    )
     assert response.status_code == 404
     assert error_of(response) == "model 'no-such-model' not found"
 
@@ -115,49 +117,81 @@ def test_top_logprobs_out_of_range(http, path, value):
 
 @pytest.mark.parametrize("path", ["/api/generate", "/api/chat"])
 def test_option_of_the_wrong_type_is_500(http, path):
-    body = {"model": MODEL, "prompt": "hi", "messages": [{"role": "user", "content": "hi"}], "options": {"temperature": "hot"}}
+    body = {
+        "model": MODEL,
+        "prompt": "hi",
+        "messages": [{"role": "user", "content": "hi"}],
+        "options": {"temperature": "hot"},
+    }
     response = http.post(path, json=body)
     assert response.status_code == 500
     assert error_of(response) == 'option "temperature" must be of type float32'
 
 
 def test_legacy_options_are_accepted(http):
-    options = {"num_predict": 2, "mirostat": 0, "tfs_z": 1.0, "penalize_newline": True, "numa": False, "low_vram": False, "f16_kv": True}
+    options = {
+        "num_predict": 2,
+        "mirostat": 0,
+        "tfs_z": 1.0,
+        "penalize_newline": True,
+        "numa": False,
+        "low_vram": False,
+        "f16_kv": True,
+    }
     response = http.post("/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False, "options": options})
     assert response.status_code == 200
 
 
 @pytest.mark.parametrize("path", ["/api/generate", "/api/chat"])
 def test_thinking_on_a_model_that_cannot(http, path):
-    response = http.post(path, json={"model": MODEL, "prompt": "hi", "messages": [{"role": "user", "content": "hi"}], "think": True})
+    response = http.post(
+        path, json={"model": MODEL, "prompt": "hi", "messages": [{"role": "user", "content": "hi"}], "think": True}
+    )
     assert response.status_code == 400
     assert error_of(response) == f'"{MODEL}" does not support thinking'
 
 
 def test_think_false_is_accepted(http):
-    response = http.post("/api/generate", json={"model": MODEL, "prompt": "hi", "think": False, "stream": False, "options": {"num_predict": 2}})
+    response = http.post(
+        "/api/generate",
+        json={"model": MODEL, "prompt": "hi", "think": False, "stream": False, "options": {"num_predict": 2}},
+    )
     assert response.status_code == 200
 
 
 def test_invalid_think_value(http):
-    response = http.post("/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "think": "extreme"})
+    response = http.post(
+        "/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "think": "extreme"}
+    )
     assert response.status_code == 400
-    assert error_of(response) == 'invalid think value: "extreme" (must be "high", "medium", "low", "max", true, or false)'
+    assert (
+        error_of(response) == 'invalid think value: "extreme" (must be "high", "medium", "low", "max", true, or false)'
+    )
 
 
 def test_tools_on_a_model_without_a_tool_template(http):
     # The bundled SmolLM2's template reads .Tools; one without it cannot carry tools.
-    created = http.post("/api/create", json={"model": "no-tools", "from": MODEL, "template": "{{ .Prompt }}", "stream": False})
+    created = http.post(
+        "/api/create", json={"model": "no-tools", "from": MODEL, "template": "{{ .Prompt }}", "stream": False}
+    )
     assert created.status_code == 200
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
-    response = http.post("/api/chat", json={"model": "no-tools", "messages": [{"role": "user", "content": "hi"}], "tools": tools})
+    response = http.post(
+        "/api/chat", json={"model": "no-tools", "messages": [{"role": "user", "content": "hi"}], "tools": tools}
+    )
     assert response.status_code == 400
     assert error_of(response) == "registry.ollama.ai/library/no-tools:latest does not support tools"
 
 
 def test_empty_tools_list_is_accepted(http):
     # ollama-python always sends "tools": [].
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [], "stream": False, "options": {"num_predict": 2}}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [],
+        "stream": False,
+        "options": {"num_predict": 2},
+    }
     assert http.post("/api/chat", json=body).status_code == 200
 
 
@@ -187,7 +221,14 @@ def test_unknown_path_and_wrong_method_answer_like_gin(http):
 
 
 def test_unknown_fields_are_ignored(http):
-    body = {"model": MODEL, "prompt": "hi", "stream": False, "max_tokens": 3, "whatever": {"x": 1}, "options": {"num_predict": 2}}
+    body = {
+        "model": MODEL,
+        "prompt": "hi",
+        "stream": False,
+        "max_tokens": 3,
+        "whatever": {"x": 1},
+        "options": {"num_predict": 2},
+    }
     assert http.post("/api/generate", json=body).status_code == 200
 
 
@@ -200,9 +241,17 @@ def test_null_body_is_an_empty_request(http):
 @pytest.mark.parametrize("path", ["/api/generate", "/api/chat"])
 def test_truncate_false_refuses_a_prompt_longer_than_the_context(http, path):
     long = "word " * 400
-    body = {"model": MODEL, "prompt": long, "messages": [{"role": "user", "content": long}], "truncate": False, "options": {"num_ctx": 128}}
+    body = {
+        "model": MODEL,
+        "prompt": long,
+        "messages": [{"role": "user", "content": long}],
+        "truncate": False,
+        "options": {"num_ctx": 128},
+    }
     response = http.post(path, json=body)
     assert response.status_code == 400
     assert error_of(response) == "the input length exceeds the context length"
-    truncated = http.post(path, json={**body, "truncate": True, "stream": False, "options": {"num_ctx": 128, "num_predict": 2}}).json()
+    truncated = http.post(
+        path, json={**body, "truncate": True, "stream": False, "options": {"num_ctx": 128, "num_predict": 2}}
+    ).json()
     assert truncated["prompt_eval_count"] < 128

@@ -28,7 +28,11 @@ def stream_lines(http: httpx.Client, path: str, body: dict) -> tuple[httpx.Respo
 
 
 def test_generate_streams_ndjson_chunks_then_a_final_chunk_with_stats(http):
-    response, lines = stream_lines(http, "/api/generate", {"model": MODEL, "prompt": "Why is the sky blue?", "options": {"num_predict": 12, "seed": 42}})
+    response, lines = stream_lines(
+        http,
+        "/api/generate",
+        {"model": MODEL, "prompt": "Why is the sky blue?", "options": {"num_predict": 12, "seed": 42}},
+    )
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/x-ndjson"
     *chunks, final = lines
@@ -51,7 +55,9 @@ def json_decode(line: dict, kind: type):
 
 
 def test_generate_without_streaming_answers_one_json_object(http):
-    response = http.post("/api/generate", json={"model": MODEL, "prompt": "Say hello.", "stream": False, "options": {"num_predict": 20}})
+    response = http.post(
+        "/api/generate", json={"model": MODEL, "prompt": "Say hello.", "stream": False, "options": {"num_predict": 20}}
+    )
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/json")
     body = json_decode(response.json(), wire.GenerateResponse)
@@ -67,7 +73,14 @@ def test_official_client_generate_and_chat(client):
 
 
 def test_official_client_streams_chat(client):
-    parts = list(client.chat(model=MODEL, messages=[{"role": "user", "content": "Count to five."}], stream=True, options={"num_predict": 16}))
+    parts = list(
+        client.chat(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Count to five."}],
+            stream=True,
+            options={"num_predict": 16},
+        )
+    )
     assert len(parts) > 2
     assert parts[-1].done and not any(p.done for p in parts[:-1])
     assert parts[-1].eval_count >= len(parts) - 1  # every chunk before the last carries at least one token
@@ -76,28 +89,41 @@ def test_official_client_streams_chat(client):
 
 def test_seed_example_with_max_tokens_option(http):
     """The documentation's example: options temperature, top_p and max_tokens (an alias of num_predict)."""
-    body = {"model": MODEL, "prompt": "Why is the sky blue?", "stream": False, "options": {"temperature": 0.7, "top_p": 0.9, "max_tokens": 7, "seed": 42}}
+    body = {
+        "model": MODEL,
+        "prompt": "Why is the sky blue?",
+        "stream": False,
+        "options": {"temperature": 0.7, "top_p": 0.9, "max_tokens": 7, "seed": 42},
+    }
     final = http.post("/api/generate", json=body).json()
     assert final["eval_count"] == 7
     assert final["done_reason"] == "length"
 
 
 def test_num_predict_caps_eval_count(client):
-    answer = client.chat(model=MODEL, messages=[{"role": "user", "content": "Tell me a long story."}], options={"num_predict": 5, "seed": 42})
+    answer = client.chat(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me a long story."}],
+        options={"num_predict": 5, "seed": 42},
+    )
     assert answer.eval_count == 5
     assert answer.done_reason == "length"
 
 
 def test_temperature_zero_with_a_seed_is_repeatable(client):
     def once() -> str:
-        return client.generate(model=MODEL, prompt="Name three colors.", options={**DETERMINISTIC, "num_predict": 24}).response
+        return client.generate(
+            model=MODEL, prompt="Name three colors.", options={**DETERMINISTIC, "num_predict": 24}
+        ).response
 
     assert once() == once()
 
 
 def test_same_seed_same_sample_at_temperature_one(client):
     def once(seed: int) -> str:
-        return client.generate(model=MODEL, prompt="Write a word.", options={"temperature": 1.0, "seed": seed, "num_predict": 24}).response
+        return client.generate(
+            model=MODEL, prompt="Write a word.", options={"temperature": 1.0, "seed": seed, "num_predict": 24}
+        ).response
 
     assert once(7) == once(7)
 
@@ -116,7 +142,10 @@ def test_stop_sequences_end_generation_and_are_not_emitted(client):
 
 def test_format_json_gives_parseable_json(client):
     answer = client.generate(
-        model=MODEL, prompt="Describe the sky as JSON with keys color and reason.", format="json", options={**DETERMINISTIC, "num_predict": 200}
+        model=MODEL,
+        prompt="Describe the sky as JSON with keys color and reason.",
+        format="json",
+        options={**DETERMINISTIC, "num_predict": 200},
     )
     assert isinstance(json.loads(answer.response), dict)
 
@@ -130,7 +159,10 @@ def test_format_schema_output_validates(client):
         "required": ["sky_is_blue", "mood"],
     }
     answer = client.chat(
-        model=MODEL, messages=[{"role": "user", "content": "Is the sky blue? Answer as JSON."}], format=schema, options={**DETERMINISTIC, "num_predict": 60}
+        model=MODEL,
+        messages=[{"role": "user", "content": "Is the sky blue? Answer as JSON."}],
+        format=schema,
+        options={**DETERMINISTIC, "num_predict": 60},
     )
     jsonschema.validate(json.loads(answer.message.content), schema)
 
@@ -150,12 +182,16 @@ def test_chat_with_system_assistant_and_tool_history(client):
 
 def test_context_continues_a_generation(client):
     first = client.generate(model=MODEL, prompt="My name is Ada.", options={**DETERMINISTIC, "num_predict": 8})
-    second = client.generate(model=MODEL, prompt="What is my name?", context=first.context, options={**DETERMINISTIC, "num_predict": 8})
+    second = client.generate(
+        model=MODEL, prompt="What is my name?", context=first.context, options={**DETERMINISTIC, "num_predict": 8}
+    )
     assert second.prompt_eval_count > len(first.context)
 
 
 def test_raw_prompt_skips_the_template(client):
-    raw = client.generate(model=MODEL, prompt="The capital of France is", raw=True, options={**DETERMINISTIC, "num_predict": 6})
+    raw = client.generate(
+        model=MODEL, prompt="The capital of France is", raw=True, options={**DETERMINISTIC, "num_predict": 6}
+    )
     assert raw.response.strip()
     assert raw.context is None
     assert raw.prompt_eval_count < 10
@@ -164,7 +200,12 @@ def test_raw_prompt_skips_the_template(client):
 def test_requests_without_content_type_are_accepted(llama_server):
     # curl -d sends application/x-www-form-urlencoded; Ollama reads the JSON anyway.
     body = json.dumps({"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_predict": 2}})
-    response = httpx.post(llama_server.url + "/api/generate", content=body, headers={"content-type": "application/x-www-form-urlencoded"}, timeout=60)
+    response = httpx.post(
+        llama_server.url + "/api/generate",
+        content=body,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        timeout=60,
+    )
     assert response.status_code == 200
     assert response.json()["done"] is True
 

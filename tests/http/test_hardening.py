@@ -74,19 +74,49 @@ HOSTILE = {
         400,
         'time: invalid duration "9999999999h"',
     ),
-    "num_batch 0": ("/api/generate", {"model": MODEL, "prompt": "hi", "options": {"num_batch": 0}}, 400, "num_batch must be a positive integer"),
-    "num_ctx -5": ("/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "options": {"num_ctx": -5}}, 400, "num_ctx must be a positive integer"),
+    "num_batch 0": (
+        "/api/generate",
+        {"model": MODEL, "prompt": "hi", "options": {"num_batch": 0}},
+        400,
+        "num_batch must be a positive integer",
+    ),
+    "num_ctx -5": (
+        "/api/chat",
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "options": {"num_ctx": -5}},
+        400,
+        "num_ctx must be a positive integer",
+    ),
     # llama.cpp segfaults with this many threads: the server process would be gone.
-    "num_thread 100000": ("/api/generate", {"model": MODEL, "prompt": "hi", "options": {"num_thread": 100_000}}, 400, "num_thread must be between 0 (every core) and 512"),
-    "num_gpu -7": ("/api/generate", {"model": MODEL, "prompt": "hi", "options": {"num_gpu": -7}}, 400, "num_gpu must be -1 (as many layers as fit) or a number of layers"),
-    "main_gpu -1": ("/api/generate", {"model": MODEL, "prompt": "hi", "options": {"main_gpu": -1}}, 400, "main_gpu must be a device index (0 or more)"),
+    "num_thread 100000": (
+        "/api/generate",
+        {"model": MODEL, "prompt": "hi", "options": {"num_thread": 100_000}},
+        400,
+        "num_thread must be between 0 (every core) and 512",
+    ),
+    "num_gpu -7": (
+        "/api/generate",
+        {"model": MODEL, "prompt": "hi", "options": {"num_gpu": -7}},
+        400,
+        "num_gpu must be -1 (as many layers as fit) or a number of layers",
+    ),
+    "main_gpu -1": (
+        "/api/generate",
+        {"model": MODEL, "prompt": "hi", "options": {"main_gpu": -1}},
+        400,
+        "main_gpu must be a device index (0 or more)",
+    ),
     "context with a token id the model lacks": (
         "/api/generate",
         {"model": MODEL, "prompt": "hi", "context": [1, 2**40]},
         400,
         f"context holds a token id this model does not have: {2**40}",
     ),
-    "num_predict beyond int64": ("/api/generate", {"model": MODEL, "prompt": "hi", "options": {"num_predict": 2**70}}, 400, 'option "num_predict" is out of range'),
+    "num_predict beyond int64": (
+        "/api/generate",
+        {"model": MODEL, "prompt": "hi", "options": {"num_predict": 2**70}},
+        400,
+        'option "num_predict" is out of range',
+    ),
 }
 
 
@@ -100,7 +130,12 @@ def test_hostile_request_is_refused_and_the_next_generate_works(server, http, na
 
 
 def test_a_huge_batch_is_capped_at_the_context_instead_of_exhausting_memory(server, http):
-    body = {"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_batch": 100_000_000, "num_ctx": 256, "num_predict": 2}}
+    body = {
+        "model": MODEL,
+        "prompt": "hi",
+        "stream": False,
+        "options": {"num_batch": 100_000_000, "num_ctx": 256, "num_predict": 2},
+    }
     response = http.post("/api/generate", json=body)
     assert response.status_code == 200, response.text
     plain_generate_works(server)
@@ -215,7 +250,10 @@ def test_schema_property_order_with_the_official_client(server):
     client = ollama.Client(host=server.url)
     try:
         answer = client.generate(
-            model=MODEL, prompt="Tell me a joke about cats.", format=Joke.model_json_schema(), options={"temperature": 0, "num_predict": 12}
+            model=MODEL,
+            prompt="Tell me a joke about cats.",
+            format=Joke.model_json_schema(),
+            options={"temperature": 0, "num_predict": 12},
         )
     finally:
         client._client.close()
@@ -247,7 +285,10 @@ def test_schema_property_order_is_the_schemas_not_sorted(server):
     client = ollama.Client(host=server.url)
     try:
         answer = client.generate(
-            model=MODEL, prompt="Tell me a joke about cats.", format=PunchlineFirst.model_json_schema(), options={"temperature": 0, "num_predict": 12}
+            model=MODEL,
+            prompt="Tell me a joke about cats.",
+            format=PunchlineFirst.model_json_schema(),
+            options={"temperature": 0, "num_predict": 12},
         )
     finally:
         client._client.close()

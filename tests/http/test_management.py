@@ -90,7 +90,11 @@ def test_push_delete_pull_and_generate(server, registry):
     assert remote not in names(server)
     progress = lines(server, "/api/pull", {"model": remote, "insecure": True})
     assert progress[0] == {"status": "pulling manifest"}
-    assert progress[-3:] == [{"status": "verifying sha256 digest"}, {"status": "writing manifest"}, {"status": "success"}]
+    assert progress[-3:] == [
+        {"status": "verifying sha256 digest"},
+        {"status": "writing manifest"},
+        {"status": "success"},
+    ]
     layer_lines = [p for p in progress if p["status"].startswith("pulling ") and p["status"] != "pulling manifest"]
     assert {p["status"] for p in layer_lines} >= {f"pulling {SMOLLM2_DIGEST[7:19]}"}
     for line in layer_lines:
@@ -102,7 +106,9 @@ def test_push_delete_pull_and_generate(server, registry):
 def test_pull_without_streaming_gives_the_final_status(server, registry):
     remote = push_bundled(server, registry.host, "single")
     httpx.request("DELETE", server.url + "/api/delete", json={"model": remote})
-    response = httpx.post(server.url + "/api/pull", json={"model": remote, "insecure": True, "stream": False}, timeout=300)
+    response = httpx.post(
+        server.url + "/api/pull", json={"model": remote, "insecure": True, "stream": False}, timeout=300
+    )
     assert (response.status_code, response.json()) == (200, {"status": "success"})
 
 
@@ -123,7 +129,10 @@ def test_plain_http_needs_insecure(server, registry):
     assert (pulled.status_code, pulled.json()) == (500, {"error": "insecure protocol http"})
     assert pulled.headers["content-type"].startswith("application/json")  # one object, not a stream
     assert httpx.post(server.url + "/api/copy", json={"source": MODEL, "destination": model}).status_code == 200
-    assert lines(server, "/api/push", {"model": model}) == [{"status": "retrieving manifest"}, {"error": "insecure protocol http"}]
+    assert lines(server, "/api/push", {"model": model}) == [
+        {"status": "retrieving manifest"},
+        {"error": "insecure protocol http"},
+    ]
 
 
 def test_a_dropped_connection_resumes_with_a_range_and_verifies(server, registry, proxy):
@@ -164,7 +173,9 @@ def test_a_client_that_goes_away_cancels_the_download_and_keeps_the_partial_file
     forget_locally(server, push_bundled(server, registry.host, "cancel"))
     proxy.delay = 0.01
     remote = f"{proxy.host}/library/smol:cancel"
-    with httpx.stream("POST", server.url + "/api/pull", json={"model": remote, "insecure": True}, timeout=60) as response:
+    with httpx.stream(
+        "POST", server.url + "/api/pull", json={"model": remote, "insecure": True}, timeout=60
+    ) as response:
         for line in response.iter_lines():
             if json.loads(line).get("completed", 0) > 1_000_000:
                 break
@@ -186,7 +197,12 @@ def test_sigkill_during_pull_and_create_leaves_only_complete_models(tmp_path, re
     with ServerProcess(models, env) as first:
         forget_locally(first, push_bundled(first, registry.host, "crash"))
         proxy.delay = 0.01
-        with httpx.stream("POST", first.url + "/api/pull", json={"model": f"{proxy.host}/library/smol:crash", "insecure": True}, timeout=60) as response:
+        with httpx.stream(
+            "POST",
+            first.url + "/api/pull",
+            json={"model": f"{proxy.host}/library/smol:crash", "insecure": True},
+            timeout=60,
+        ) as response:
             for line in response.iter_lines():
                 if json.loads(line).get("completed", 0) > 2_000_000:
                     first.process.send_signal(signal.SIGKILL)
@@ -199,7 +215,12 @@ def test_sigkill_during_pull_and_create_leaves_only_complete_models(tmp_path, re
             assert generate(second, name)["done"] is True
         f16 = make_f16_gguf(tmp_path)
         digest = upload(second, f16)
-        with httpx.stream("POST", second.url + "/api/create", json={"model": "half", "files": {"m.gguf": digest}, "quantize": "q4_K_M"}, timeout=300) as response:
+        with httpx.stream(
+            "POST",
+            second.url + "/api/create",
+            json={"model": "half", "files": {"m.gguf": digest}, "quantize": "q4_K_M"},
+            timeout=300,
+        ) as response:
             for line in response.iter_lines():
                 if json.loads(line)["status"].startswith("quantizing"):
                     second.process.send_signal(signal.SIGKILL)
@@ -267,7 +288,11 @@ def test_create_from_a_model_with_layers(server):
     progress = lines(server, "/api/create", body)
     assert progress[-2:] == [{"status": "writing manifest"}, {"status": "success"}]
     shown = httpx.post(server.url + "/api/show", json={"model": "pirate"}).json()
-    assert (shown["system"], shown["template"], shown["license"]) == ("You are a pirate.", "{{ .System }} {{ .Prompt }}", "MIT")
+    assert (shown["system"], shown["template"], shown["license"]) == (
+        "You are a pirate.",
+        "{{ .System }} {{ .Prompt }}",
+        "MIT",
+    )
     assert shown["messages"] == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Ahoy"}]
     assert 'stop                           "Arr"' in shown["parameters"]
     assert "PARAMETER temperature 0.2" in shown["modelfile"]
@@ -290,7 +315,12 @@ def test_store_written_here_has_ollamas_byte_layout(server, registry):
         assert blob.exists() and blob.stat().st_size == layer["size"]
         assert hashlib.sha256(blob.read_bytes()).hexdigest() == layer["digest"][7:]
     config = json.loads((root / "blobs" / manifest["config"]["digest"].replace(":", "-")).read_bytes())
-    assert (config["model_format"], config["model_family"], config["model_type"], config["file_type"]) == ("gguf", "llama", "134.52M", "Q4_1")
+    assert (config["model_format"], config["model_family"], config["model_type"], config["file_type"]) == (
+        "gguf",
+        "llama",
+        "134.52M",
+        "Q4_1",
+    )
     assert config["rootfs"] == {"type": "layers", "diff_ids": [layer["digest"] for layer in manifest["layers"]]}
 
 
@@ -335,9 +365,27 @@ def test_deleting_a_loaded_model_unloads_it(server):
         ("POST", "/api/create", {"model": "../x", "from": MODEL}, 400, "invalid model name"),
         ("POST", "/api/create", {"model": "x"}, 400, "neither 'from' or 'files' was specified"),
         ("POST", "/api/create", {"model": "x", "from": "missing"}, 404, 'model "missing" not found'),
-        ("POST", "/api/create", {"model": "x", "from": MODEL, "parameters": {"bogus": 1}}, 400, "unknown parameter 'bogus'"),
-        ("POST", "/api/create", {"model": "x", "files": {"/etc/passwd": SMOLLM2_DIGEST}}, 400, "file path must be relative"),
-        ("POST", "/api/create", {"model": "x", "files": {"../m.gguf": SMOLLM2_DIGEST}}, 400, "file path must be relative"),
+        (
+            "POST",
+            "/api/create",
+            {"model": "x", "from": MODEL, "parameters": {"bogus": 1}},
+            400,
+            "unknown parameter 'bogus'",
+        ),
+        (
+            "POST",
+            "/api/create",
+            {"model": "x", "files": {"/etc/passwd": SMOLLM2_DIGEST}},
+            400,
+            "file path must be relative",
+        ),
+        (
+            "POST",
+            "/api/create",
+            {"model": "x", "files": {"../m.gguf": SMOLLM2_DIGEST}},
+            400,
+            "file path must be relative",
+        ),
         ("POST", "/api/create", {"model": "x", "files": {"m.gguf": "sha256:../../x"}}, 400, "invalid digest format"),
         ("POST", "/api/create", {"model": "x", "files": {"m.gguf": ""}}, 400, "invalid digest format"),
         ("POST", "/api/pull", {"model": ""}, 400, "invalid model name"),
@@ -357,7 +405,10 @@ def test_blob_digests_are_checked(server):
     wrong = "sha256:" + "0" * 64
     response = httpx.post(f"{server.url}/api/blobs/{wrong}", content=b"hello")
     assert response.status_code == 400
-    assert response.json()["error"] == f'digest mismatch, expected "{wrong}", got "sha256:{hashlib.sha256(b"hello").hexdigest()}"'
+    assert (
+        response.json()["error"]
+        == f'digest mismatch, expected "{wrong}", got "sha256:{hashlib.sha256(b"hello").hexdigest()}"'
+    )
     truncated = smollm2_gguf().read_bytes()[:1_000_000]
     response = httpx.post(f"{server.url}/api/blobs/{SMOLLM2_DIGEST.replace('b179', 'c179')}", content=truncated)
     assert response.status_code == 400
@@ -382,7 +433,9 @@ def test_cli_create_cp_rm_push_pull(server, registry, tmp_path):
     env = {**os.environ, "OLLAMA_HOST": server.url}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "modelyard", *args], env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "modelyard", *args], env=env, capture_output=True, text=True, timeout=300
+        )
 
     created = cli("create", "cli-pirate", "-f", str(modelfile))
     assert created.returncode == 0, created.stderr
@@ -459,7 +512,9 @@ def test_a_push_refused_by_the_registry_carries_its_message(server, tmp_path):
         remote = f"{read_only.host}/library/smol:v1"
         assert httpx.post(server.url + "/api/copy", json={"source": MODEL, "destination": remote}).status_code == 200
         streamed = lines(server, "/api/push", {"model": remote, "insecure": True})
-        single = httpx.post(server.url + "/api/push", json={"model": remote, "insecure": True, "stream": False}, timeout=120)
+        single = httpx.post(
+            server.url + "/api/push", json={"model": remote, "insecure": True, "stream": False}, timeout=120
+        )
     finally:
         read_only.stop()
     expected = f'upload blob: Post "http://{read_only.host}/v2/library/smol/blobs/uploads/": 405: Method not allowed'  # its plain-text body
@@ -488,14 +543,20 @@ def test_the_official_client_raises_the_cause(server):
     assert single.value.status_code == 500
     assert streamed.value.status_code == -1  # an error line in a stream that had begun
     for raised in (single.value, streamed.value):
-        assert raised.error.startswith('pull model manifest: Get "https://registry.invalid/v2/library/smol/manifests/v1": ')
+        assert raised.error.startswith(
+            'pull model manifest: Get "https://registry.invalid/v2/library/smol/manifests/v1": '
+        )
         assert raised.error.endswith("lookup registry.invalid: no such host")
 
 
 def test_cli_pull_shows_the_cause(server):
     env = {**os.environ, "OLLAMA_HOST": server.url}
     failed = subprocess.run(
-        [sys.executable, "-m", "modelyard", "pull", "registry.invalid/library/smol:v1"], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "modelyard", "pull", "registry.invalid/library/smol:v1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert failed.returncode == 1
     assert "pull model manifest: " in failed.stderr and "lookup registry.invalid: no such host" in failed.stderr

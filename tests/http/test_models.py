@@ -107,12 +107,21 @@ def test_negative_keep_alive_keeps_a_model_forever(http):
 def test_a_changed_context_length_reloads_the_model(http):
     http.post("/api/generate", json={"model": MODEL, "options": {"num_ctx": 1024}})
     assert http.get("/api/ps").json()["models"][0]["context_length"] == 1024
-    http.post("/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_ctx": 2048, "num_predict": 1}})
+    http.post(
+        "/api/generate",
+        json={"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_ctx": 2048, "num_predict": 1}},
+    )
     assert http.get("/api/ps").json()["models"][0]["context_length"] == 2048
     http.post("/api/generate", json={"model": MODEL, "keep_alive": 0})
 
 
 @pytest.mark.parametrize("path", ["/api/generate", "/api/chat", "/api/show"])
 def test_posts_answer_200_not_201(http, path):
-    body = {"model": MODEL, "prompt": "hi", "messages": [{"role": "user", "content": "hi"}], "stream": False, "options": {"num_predict": 1}}
+    body = {
+        "model": MODEL,
+        "prompt": "hi",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": False,
+        "options": {"num_predict": 1},
+    }
     assert http.post(path, json=body).status_code == 200

@@ -55,7 +55,9 @@ def test_serve_imports_no_engine_until_a_model_is_asked_for(traced_server):
         assert {"litestar", "modelyard", "uvicorn"} <= started  # the log is an import log
         assert sorted(set(HEAVY_MODULES) & started) == []
 
-        pieces = [part.response for part in client.generate(MODEL, "Say hello.", stream=True, options={"num_predict": 8})]
+        pieces = [
+            part.response for part in client.generate(MODEL, "Say hello.", stream=True, options={"num_predict": 8})
+        ]
         assert len(pieces) > 1 and "".join(pieces).strip()  # tokens streamed, one line each
         after = imported_modules(traced_server.log_path.read_text(errors="replace"))
         assert {"llama_cpp", "jinja2"} <= after  # loaded with the first model

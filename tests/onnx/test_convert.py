@@ -92,8 +92,14 @@ def test_a_4_bit_gguf_defaults_to_int8_and_says_why():
 
 
 def test_an_8_and_16_bit_gguf_defaults_to_int4(tmp_path):
-    assert convert.choose_precision(gguf_header(tmp_path / "f16.gguf", file_type=1, tensor_type=1)) == ("int4", "the GGUF is F16")
-    assert convert.choose_precision(gguf_header(tmp_path / "q8.gguf", file_type=7, tensor_type=8)) == ("int4", "the GGUF is Q8_0")
+    assert convert.choose_precision(gguf_header(tmp_path / "f16.gguf", file_type=1, tensor_type=1)) == (
+        "int4",
+        "the GGUF is F16",
+    )
+    assert convert.choose_precision(gguf_header(tmp_path / "q8.gguf", file_type=7, tensor_type=8)) == (
+        "int4",
+        "the GGUF is Q8_0",
+    )
     assert convert.choose_precision(gguf_header(tmp_path / "q4k.gguf", file_type=15, tensor_type=12))[0] == "int8"
 
 
@@ -115,14 +121,21 @@ def test_plain_progress_lines_name_every_stage_and_end_with_a_summary(tmp_path, 
     ]
     summary = dict(line.split(maxsplit=1) for line in lines[-5:])
     assert summary.keys() == {"output", "precision", "provider", "size", "time"}
-    assert (summary["output"], summary["precision"], summary["provider"], summary["size"]) == (str(out), "int8", "cpu", "2.5 KB")
+    assert (summary["output"], summary["precision"], summary["provider"], summary["size"]) == (
+        str(out),
+        "int8",
+        "cpu",
+        "2.5 KB",
+    )
     assert re.fullmatch(r"\d+\.\d s", summary["time"])
     assert (out / "genai_config.json").is_file()
 
 
 def test_an_explicit_precision_wins_without_a_note(tmp_path, quick_venv):
     out = tmp_path / "int4"
-    done = run_converter(str(smollm2_gguf()), str(out), "--venv", str(quick_venv), "--precision", "int4", "--provider", "cuda")
+    done = run_converter(
+        str(smollm2_gguf()), str(out), "--venv", str(quick_venv), "--precision", "int4", "--provider", "cuda"
+    )
     assert done.returncode == 0, done.stderr
     lines = without_clock(done.stderr)
     assert not any(line.startswith("precision int8") for line in lines)
@@ -140,7 +153,9 @@ def test_fp16_has_no_quantization_stage(tmp_path, quick_venv):
 
 def test_a_failed_step_says_so_with_its_output(tmp_path, quick_venv):
     python = quick_venv / "bin" / "python"
-    python.write_text(python.read_text().replace('on_line("quantizing 30 weights")', 'raise RuntimeError("builder: out of memory")'))
+    python.write_text(
+        python.read_text().replace('on_line("quantizing 30 weights")', 'raise RuntimeError("builder: out of memory")')
+    )
     done = run_converter(str(smollm2_gguf()), str(tmp_path / "out"), "--venv", str(quick_venv))
     assert done.returncode == 1
     assert "conversion failed: " in done.stderr and "builder: out of memory" in done.stderr
@@ -149,7 +164,9 @@ def test_a_failed_step_says_so_with_its_output(tmp_path, quick_venv):
 def test_a_terminal_gets_the_live_display(tmp_path, quick_venv):
     out = tmp_path / "live"
     command = [sys.executable, "-m", "modelyard_onnx.convert", str(smollm2_gguf()), str(out), "--venv", str(quick_venv)]
-    terminal = pexpect.spawn(command[0], command[1:], env={**os.environ, "TERM": "xterm", "COLUMNS": "160"}, encoding="utf-8", timeout=120)
+    terminal = pexpect.spawn(
+        command[0], command[1:], env={**os.environ, "TERM": "xterm", "COLUMNS": "160"}, encoding="utf-8", timeout=120
+    )
     terminal.expect(pexpect.EOF)
     terminal.close()
     assert terminal.exitstatus == 0, terminal.before

@@ -31,7 +31,9 @@ def test_settings_come_from_the_environment_and_reject_unknown_providers():
 
 
 def fake_og(**available: bool) -> types.SimpleNamespace:
-    return types.SimpleNamespace(**{f"is_{name}_available": (lambda value=value: value) for name, value in available.items()})
+    return types.SimpleNamespace(
+        **{f"is_{name}_available": (lambda value=value: value) for name, value in available.items()}
+    )
 
 
 def test_provider_check_names_the_missing_build():
@@ -65,7 +67,15 @@ def bare_model() -> Engine:
 def test_options_become_search_options():
     model = bare_model()
     sampled = model._search_options(Options(temperature=0.7, top_k=20, top_p=0.5, repeat_penalty=1.1, seed=5), 100)
-    assert sampled == {"max_length": 100, "repetition_penalty": 1.1, "do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.5, "random_seed": 5}
+    assert sampled == {
+        "max_length": 100,
+        "repetition_penalty": 1.1,
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_k": 20,
+        "top_p": 0.5,
+        "random_seed": 5,
+    }
     greedy = model._search_options(Options(temperature=0), 50)
     assert greedy == {"max_length": 50, "repetition_penalty": 1.0, "do_sample": False}
     unbounded = model._search_options(Options(temperature=1.0, top_k=-1, top_p=0.0), 10)

@@ -26,7 +26,12 @@ class PunchlineFirst(BaseModel):
 def first_key(url: str, model: str, schema: dict) -> str:
     client = ollama.Client(host=url)
     try:
-        answer = client.generate(model=model, prompt="Tell me a joke about cats.", format=schema, options={"temperature": 0, "num_predict": 12})
+        answer = client.generate(
+            model=model,
+            prompt="Tell me a joke about cats.",
+            format=schema,
+            options={"temperature": 0, "num_predict": 12},
+        )
     finally:
         client._client.close()
     match = re.match(r'\s*\{\s*"(\w+)"', answer.response)
@@ -39,7 +44,9 @@ def test_structured_output_follows_the_schemas_order(onnx_server, real_model):
     assert first_key(onnx_server.url, real_model, PunchlineFirst.model_json_schema()) == "punchline"
 
 
-def test_a_folder_that_cannot_load_names_itself_and_the_engines_reason(onnx_server, onnx_http, tiny_folder: Path, tmp_path: Path):
+def test_a_folder_that_cannot_load_names_itself_and_the_engines_reason(
+    onnx_server, onnx_http, tiny_folder: Path, tmp_path: Path
+):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_folder, broken)
     weights = broken / "model.onnx.data"  # create checks model.onnx itself, not its external weights
@@ -52,13 +59,20 @@ def test_a_folder_that_cannot_load_names_itself_and_the_engines_reason(onnx_serv
     message = response.json()["error"]
     assert re.match(r"onnxruntime-genai could not load broken-onnx:latest from /\S+: \S", message), message
     # The server stays usable for the models that load.
-    again = onnx_http.post("/api/generate", json={"model": TINY, "prompt": "hi", "stream": False, "options": {"num_predict": 2}})
+    again = onnx_http.post(
+        "/api/generate", json={"model": TINY, "prompt": "hi", "stream": False, "options": {"num_predict": 2}}
+    )
     assert again.status_code == 200, again.text
 
 
 def test_a_64_bit_seed_is_taken_and_still_repeats(onnx_http):
     # Some clients send 64-bit random seeds; the binding takes a C int (it answered an obscure 500).
-    body = {"model": TINY, "prompt": "hi", "stream": False, "options": {"seed": 2**40 + 7, "temperature": 1.0, "num_predict": 6}}
+    body = {
+        "model": TINY,
+        "prompt": "hi",
+        "stream": False,
+        "options": {"seed": 2**40 + 7, "temperature": 1.0, "num_predict": 6},
+    }
     first = onnx_http.post("/api/generate", json=body)
     assert first.status_code == 200, first.text
     second = onnx_http.post("/api/generate", json=body)

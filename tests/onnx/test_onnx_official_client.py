@@ -27,4 +27,3 @@ client = _module.client  # the module's own fixture, over ollama_client
 def llama_server(onnx_server: ServerProcess, real_model: str) -> ServerProcess:
     """The server tests/conftest.py's `http` and `ollama_client` fixtures talk to: here, the onnx one."""
     return onnx_server
-

@@ -26,7 +26,12 @@ def ask(url: str, path: str, body: dict) -> dict:
 
 
 def test_format_json_parses_streamed_and_not(url, real_model):
-    body = {"model": real_model, "prompt": "Describe the sky as JSON with keys color and reason.", "format": "json", "options": {"temperature": 0, "num_predict": 120}}
+    body = {
+        "model": real_model,
+        "prompt": "Describe the sky as JSON with keys color and reason.",
+        "format": "json",
+        "options": {"temperature": 0, "num_predict": 120},
+    }
     answer = ask(url, "/api/generate", body)
     assert isinstance(json.loads(answer["response"]), dict)
     assert answer["done_reason"] == "stop"
@@ -38,19 +43,39 @@ def test_format_json_parses_streamed_and_not(url, real_model):
 def test_format_schema_validates(url, real_model):
     import jsonschema
 
-    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}}, "required": ["city", "population"]}
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+    }
     messages = [{"role": "user", "content": "Name a big city and its population, as JSON."}]
-    answer = ask(url, "/api/chat", {"model": real_model, "messages": messages, "format": schema, "options": {"temperature": 0, "num_predict": 80}})
+    answer = ask(
+        url,
+        "/api/chat",
+        {"model": real_model, "messages": messages, "format": schema, "options": {"temperature": 0, "num_predict": 80}},
+    )
     jsonschema.validate(json.loads(answer["message"]["content"]), schema)
 
 
 def test_greedy_answers_make_sense(url, real_model):
-    answer = ask(url, "/api/generate", {"model": real_model, "prompt": "What is the capital of France? Answer in one word.", "options": {"temperature": 0, "num_predict": 10}})
+    answer = ask(
+        url,
+        "/api/generate",
+        {
+            "model": real_model,
+            "prompt": "What is the capital of France? Answer in one word.",
+            "options": {"temperature": 0, "num_predict": 10},
+        },
+    )
     assert "Paris" in answer["response"]
 
 
 def per_token_ns(url: str, model: str) -> float:
-    final = ask(url, "/api/generate", {"model": model, "prompt": "Tell me a story.", "options": {"num_predict": 20, "temperature": 0}})
+    final = ask(
+        url,
+        "/api/generate",
+        {"model": model, "prompt": "Tell me a story.", "options": {"num_predict": 20, "temperature": 0}},
+    )
     return final["eval_duration"] / final["eval_count"]
 
 
@@ -71,7 +96,9 @@ def test_dropping_a_stream_frees_the_model(url, real_model):
 
 def test_dropping_a_non_streamed_request_frees_the_model(url, real_model):
     token_ns = per_token_ns(url, real_model)
-    payload = json.dumps({"model": real_model, "prompt": "Tell me a very long story about dragons.", "stream": False, "options": LONG}).encode()
+    payload = json.dumps(
+        {"model": real_model, "prompt": "Tell me a very long story about dragons.", "stream": False, "options": LONG}
+    ).encode()
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as connection:
         connection.sendall(
@@ -119,5 +146,13 @@ def test_a_trailing_assistant_message_is_continued(url, real_model):
     assert "5" in text
     assert not text.lstrip().startswith("1,")
     # Continued means no new turn was opened: the prompt is shorter than the same chat answered anew.
-    anew = ask(url, "/api/chat", {"model": real_model, "messages": [*counting, {"role": "user", "content": "Go on."}], "options": {"num_predict": 1}})
+    anew = ask(
+        url,
+        "/api/chat",
+        {
+            "model": real_model,
+            "messages": [*counting, {"role": "user", "content": "Go on."}],
+            "options": {"num_predict": 1},
+        },
+    )
     assert answer["prompt_eval_count"] < anew["prompt_eval_count"]

@@ -28,7 +28,14 @@ from modelyard.store import (
 )
 from support.registry import LocalRegistry
 
-FILES = ["chat_template.jinja", "genai_config.json", "model.onnx", "model.onnx.data", "tokenizer.json", "tokenizer_config.json"]
+FILES = [
+    "chat_template.jinja",
+    "genai_config.json",
+    "model.onnx",
+    "model.onnx.data",
+    "tokenizer.json",
+    "tokenizer_config.json",
+]
 
 
 def store_of(server: ServerProcess) -> ModelStore:
@@ -37,7 +44,14 @@ def store_of(server: ServerProcess) -> ModelStore:
 
 def test_tags_and_show_report_format_family_size_and_precision(onnx_http):
     listed = next(m for m in onnx_http.get("/api/tags").json()["models"] if m["name"] == TINY)
-    details = {"parent_model": "", "format": "onnx", "family": "llama", "families": ["llama"], "parameter_size": "3.22M", "quantization_level": "int4"}
+    details = {
+        "parent_model": "",
+        "format": "onnx",
+        "family": "llama",
+        "families": ["llama"],
+        "parameter_size": "3.22M",
+        "quantization_level": "int4",
+    }
     assert listed["details"] == details
     assert listed["capabilities"] == ["completion"]
     shown = onnx_http.post("/api/show", json={"model": TINY}).json()
@@ -55,7 +69,12 @@ def test_manifest_has_one_titled_layer_per_file_and_an_onnx_config(onnx_server, 
     assert raw["layers"][0]["annotations"] == {TITLE_ANNOTATION: "chat_template.jinja"}
     assert "annotations" not in raw["config"]
     config = msgspec.json.decode(model.store.blob_path(model.manifest.config.digest).read_bytes(), type=ModelConfig)
-    assert (config.model_format, config.model_family, config.model_type, config.file_type) == ("onnx", "llama", "3.22M", "int4")
+    assert (config.model_format, config.model_family, config.model_type, config.file_type) == (
+        "onnx",
+        "llama",
+        "3.22M",
+        "int4",
+    )
     assert (config.context_length, config.embedding_length) == (8192, 64)
     assert config.rootfs.diff_ids == [layer.digest for layer in layers]
 
@@ -88,7 +107,9 @@ def test_model_info_and_template_for_show(onnx_server, tiny_folder):
 def test_cli_create_from_a_folder_with_parameters(onnx_server, tiny_folder, tmp_path):
     shutil.copytree(tiny_folder, tmp_path / "smol")
     (tmp_path / "smol" / ".DS_Store").write_text("hidden files are not sent")
-    (tmp_path / "Modelfile").write_text("FROM ./smol\nPARAMETER temperature 0\nPARAMETER provider cpu\nSYSTEM Be brief.\n")
+    (tmp_path / "Modelfile").write_text(
+        "FROM ./smol\nPARAMETER temperature 0\nPARAMETER provider cpu\nSYSTEM Be brief.\n"
+    )
     env = {**os.environ, "OLLAMA_HOST": onnx_server.url}
     command = [sys.executable, "-m", "modelyard", "create", "tiny-cli", "-f", str(tmp_path / "Modelfile")]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
@@ -100,12 +121,18 @@ def test_cli_create_from_a_folder_with_parameters(onnx_server, tiny_folder, tmp_
     assert "PARAMETER provider cpu" in shown["modelfile"]
     model = store_of(onnx_server).find(ModelName.parse("tiny-cli"))
     assert sorted(model.files) == FILES
-    answer = httpx.post(onnx_server.url + "/api/generate", json={"model": "tiny-cli", "prompt": "hi", "stream": False, "options": {"num_predict": 3}}, timeout=60)
+    answer = httpx.post(
+        onnx_server.url + "/api/generate",
+        json={"model": "tiny-cli", "prompt": "hi", "stream": False, "options": {"num_predict": 3}},
+        timeout=60,
+    )
     assert answer.json()["eval_count"] == 3
 
 
 def test_create_from_an_onnx_base_keeps_the_files(onnx_http):
-    created = onnx_http.post("/api/create", json={"model": "tiny-derived", "from": TINY, "system": "Hi.", "stream": False})
+    created = onnx_http.post(
+        "/api/create", json={"model": "tiny-derived", "from": TINY, "system": "Hi.", "stream": False}
+    )
     assert created.status_code == 200, created.text
     derived = onnx_http.post("/api/show", json={"model": "tiny-derived"}).json()
     assert derived["details"]["format"] == "onnx" and derived["system"] == "Hi."
@@ -121,7 +148,10 @@ def test_bad_folders_and_requests_are_refused_before_anything_changes(onnx_serve
     missing_weights = tmp_path / "no-data"
     shutil.copytree(tiny_folder, missing_weights)
     (missing_weights / "model.onnx.data").unlink()
-    assert _bad_create(url, missing_weights) == (400, "not an ONNX Runtime GenAI model: model.onnx keeps its weights in model.onnx.data, which is not among the files")
+    assert _bad_create(url, missing_weights) == (
+        400,
+        "not an ONNX Runtime GenAI model: model.onnx keeps its weights in model.onnx.data, which is not among the files",
+    )
 
     no_graph = tmp_path / "no-graph"
     shutil.copytree(tiny_folder, no_graph)
@@ -137,7 +167,10 @@ def test_bad_folders_and_requests_are_refused_before_anything_changes(onnx_serve
 
     assert _bad_create(url, tiny_folder, parameters={"provider": "tpu"})[0] == 400
     assert _bad_create(url, tiny_folder, parameters={"providers": "cpu"}) == (400, "unknown parameter 'providers'")
-    assert _bad_create(url, tiny_folder, quantize="q4_K_M") == (400, "quantization is only supported for GGUF models (this model is ONNX)")
+    assert _bad_create(url, tiny_folder, quantize="q4_K_M") == (
+        400,
+        "quantization is only supported for GGUF models (this model is ONNX)",
+    )
     files = upload_folder(url, tiny_folder)
     body = {"model": "bad", "files": {**files, "../genai_config.json": files["genai_config.json"]}, "stream": False}
     assert httpx.post(url + "/api/create", json=body).json() == {"error": "file path must be relative"}
@@ -159,14 +192,28 @@ def test_push_and_pull_keep_the_file_names(onnx_server, registry, tmp_path):
     assert httpx.post(url + "/api/copy", json={"source": TINY, "destination": remote}).status_code == 200
     pushed = httpx.post(url + "/api/push", json={"model": remote, "insecure": True, "stream": False}, timeout=120)
     assert pushed.json() == {"status": "success"}
-    stored = httpx.get(f"http://{registry.host}/v2/library/tiny-onnx/manifests/v1", headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"}).json()
+    stored = httpx.get(
+        f"http://{registry.host}/v2/library/tiny-onnx/manifests/v1",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    ).json()
     assert [layer["annotations"][TITLE_ANNOTATION] for layer in stored["layers"]] == FILES
     # Pull into a fresh server and store: every blob comes over the wire.
-    with ServerProcess(tmp_path / "models", {"MODELYARD_BACKENDS": "onnx", "MODELYARD_BUNDLED_MODELS": "none"}) as other:
-        pulled = httpx.post(other.url + "/api/pull", json={"model": remote, "insecure": True, "stream": False}, timeout=120)
+    with ServerProcess(
+        tmp_path / "models", {"MODELYARD_BACKENDS": "onnx", "MODELYARD_BUNDLED_MODELS": "none"}
+    ) as other:
+        pulled = httpx.post(
+            other.url + "/api/pull", json={"model": remote, "insecure": True, "stream": False}, timeout=120
+        )
         assert pulled.json() == {"status": "success"}
         model = store_of(other).find(ModelName.parse(remote))
-        assert msgspec.json.decode(model.manifest_path.read_bytes(), type=Manifest) == store_of(onnx_server).find(ModelName.parse(TINY)).manifest
+        assert (
+            msgspec.json.decode(model.manifest_path.read_bytes(), type=Manifest)
+            == store_of(onnx_server).find(ModelName.parse(TINY)).manifest
+        )
         assert sorted(model.files) == FILES
-        answer = httpx.post(other.url + "/api/generate", json={"model": remote, "prompt": "hi", "stream": False, "options": {"num_predict": 4}}, timeout=60)
+        answer = httpx.post(
+            other.url + "/api/generate",
+            json={"model": remote, "prompt": "hi", "stream": False, "options": {"num_predict": 4}},
+            timeout=60,
+        )
         assert answer.json()["eval_count"] == 4

@@ -84,18 +84,25 @@ class RegistryProxy:
                     self._reply(200, b'{"token": "%s"}' % TOKEN.encode(), {"Content-Type": "application/json"})
                     return
                 if proxy.require_token and self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    challenge = f'Bearer realm="http://{proxy.host}/token",service="test",scope="repository:x:pull,push"'
+                    challenge = (
+                        f'Bearer realm="http://{proxy.host}/token",service="test",scope="repository:x:pull,push"'
+                    )
                     self._reply(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}', {"WWW-Authenticate": challenge})
                     return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "authorization", "connection")}
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "authorization", "connection")
+                }
                 is_blob = self.command == "GET" and "/blobs/sha256:" in self.path
                 if is_blob:
                     proxy.blob_gets.append((self.path, self.headers.get("Range")))
-                with httpx.Client(timeout=60) as client, client.stream(
-                    self.command, f"http://{proxy.upstream}{self.path}", headers=headers, content=body
-                ) as response:
+                with (
+                    httpx.Client(timeout=60) as client,
+                    client.stream(
+                        self.command, f"http://{proxy.upstream}{self.path}", headers=headers, content=body
+                    ) as response,
+                ):
                     # Location headers name the upstream; clients must keep talking to the proxy.
                     out = {
                         k: v.replace(proxy.upstream, proxy.host)

@@ -60,8 +60,4 @@ def run_suite(
 
 def every_test(cases: tuple[Case, ...] | None = None) -> set[str]:
     """Every test a full run has: one per case and streaming mode."""
-    return {
-        case.id if mode is None else f"{case.id}[{mode}]"
-        for case in cases or load_cases()
-        for mode in case.modes
-    }
+    return {case.id if mode is None else f"{case.id}[{mode}]" for case in cases or load_cases() for mode in case.modes}

@@ -13,7 +13,12 @@ def client(tmp_path, origins=()):
 
 def preflight(test_client, origin):
     return test_client.options(
-        "/api/chat", headers={"Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+        "/api/chat",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
     )
 
 
@@ -31,7 +36,10 @@ def test_other_origins_need_ollama_origins(tmp_path):
         assert (refused.status_code, refused.content) == (403, b"")
         assert test_client.get("/api/tags", headers={"Origin": "https://example.com"}).status_code == 403
     with client(tmp_path, origins=("https://example.com",)) as test_client:
-        assert preflight(test_client, "https://example.com").headers["access-control-allow-origin"] == "https://example.com"
+        assert (
+            preflight(test_client, "https://example.com").headers["access-control-allow-origin"]
+            == "https://example.com"
+        )
 
 
 def test_foreign_host_headers_are_refused_on_loopback(tmp_path):

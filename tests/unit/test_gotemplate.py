@@ -67,8 +67,7 @@ def test_llama3_messages_template_ends_with_the_assistant_header():
 def test_llama3_messages_template_continues_a_last_assistant_message():
     messages = [{"Role": "user", "Content": "Hi"}, {"Role": "assistant", "Content": "Hel"}]
     assert render(LLAMA3, {"Messages": messages}) == (
-        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-        "<|start_header_id|>assistant<|end_header_id|>\n\nHel"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHel"
     )
 
 
@@ -204,7 +203,7 @@ def test_dollar_is_the_root_inside_with():
         ('{{ eq .Missing "x" }}', "false"),
         ("{{ lt 1 2 }} {{ le 2 2 }} {{ gt 1 2 }} {{ ge 2 3 }}", "true true false false"),
         ('{{ lt "a" "b" }}', "true"),
-        ("{{ and 1 0 2 }} {{ and 1 2 }} {{ or 0 \"\" }} {{ or 0 3 }}", "0 2  3"),
+        ('{{ and 1 0 2 }} {{ and 1 2 }} {{ or 0 "" }} {{ or 0 3 }}', "0 2  3"),
         ('{{ or .Missing "default" }}', "default"),
         ("{{ and false (index .L 99) }}", "false"),  # and stops at the first false argument
         ("{{ not 0 }} {{ not .Role }}", "true false"),
@@ -238,7 +237,7 @@ def test_len_slice_index(source, expected):
         ('{{ "a" | eq "a" }}', "true"),
         ("{{ .L | len }}", "2"),
         ('{{ .Name | print "<" | printf "%s>" }}', "<x>"),
-        ('{{ $n := .L | len }}{{ $n }}', "2"),
+        ("{{ $n := .L | len }}{{ $n }}", "2"),
     ],
 )
 def test_pipelines(source, expected):
@@ -389,5 +388,5 @@ def test_execution_errors_read_like_go(source, where):
 
 
 def test_execution_errors_give_line_and_byte_column():
-    message = render_error('{{/* é */}}\né {{ len 3 }}')
+    message = render_error("{{/* é */}}\né {{ len 3 }}")
     assert message.startswith('template: :2:6: executing "" at <len 3>: ')  # "é {{ " is six bytes

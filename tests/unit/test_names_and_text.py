@@ -54,7 +54,8 @@ def test_base_url_reaches_a_wildcard_bind_on_loopback():
 
 
 @pytest.mark.parametrize(
-    ("count", "text"), [(134515008, "134.52M"), (268098176, "268.10M"), (7_000_000_000, "7B"), (7_600_000_000, "7.6B"), (12_000, "12K")]
+    ("count", "text"),
+    [(134515008, "134.52M"), (268098176, "268.10M"), (7_000_000_000, "7B"), (7_600_000_000, "7.6B"), (12_000, "12K")],
 )
 def test_human_number(count, text):
     assert human_number(count) == text
@@ -99,7 +100,12 @@ def test_settings_from_the_environment(tmp_path):
     assert settings.context_length == 2048
     assert settings.backends == ("echo", "llamacpp")
     assert settings.bundled_models == ()
-    assert Settings.from_env({"MODELYARD_MODELS": "/a", "OLLAMA_MODELS": "/b", "OLLAMA_KEEP_ALIVE": "10m"}).models.as_posix() == "/a"
+    assert (
+        Settings.from_env(
+            {"MODELYARD_MODELS": "/a", "OLLAMA_MODELS": "/b", "OLLAMA_KEEP_ALIVE": "10m"}
+        ).models.as_posix()
+        == "/a"
+    )
     assert Settings.from_env({"OLLAMA_KEEP_ALIVE": "600"}).keep_alive == 600
 
 

@@ -153,5 +153,13 @@ def test_values_an_engine_cannot_take_are_400(options, message):
 
 
 def test_values_ollama_gives_a_meaning_stay_accepted():
-    given = {"num_gpu": -1, "num_thread": 0, "num_keep": -1, "num_predict": -2, "repeat_last_n": -1, "seed": 2**40, "top_k": 0}
+    given = {
+        "num_gpu": -1,
+        "num_thread": 0,
+        "num_keep": -1,
+        "num_predict": -2,
+        "repeat_last_n": -1,
+        "seed": 2**40,
+        "top_k": 0,
+    }
     assert parse_options(given) == given

@@ -13,7 +13,15 @@ from modelyard.gotemplate import GoTemplate
 from modelyard.prompt import collate, render_go_template, template_capabilities
 from modelyard.wire import Message, ToolCall
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 CHATML = "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}{{ if .Prompt }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n{{ end }}<|im_start|>assistant\n{{ .Response }}<|im_end|>\n"
 
 
@@ -22,7 +30,10 @@ def message(role: str, content: str = "", **fields) -> Message:
 
 
 def test_smollm2_library_template_renders_a_conversation():
-    prompt = render_go_template(SMOLLM2_TEMPLATE, [message("system", "Be brief."), message("user", "Hi"), message("assistant", "Hello"), message("user", "Bye")])
+    prompt = render_go_template(
+        SMOLLM2_TEMPLATE,
+        [message("system", "Be brief."), message("user", "Hi"), message("assistant", "Hello"), message("user", "Bye")],
+    )
     assert prompt == (
         "<|im_start|>system\nBe brief.\n"  # the library template has no <|im_end|> after the system prompt
         "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n"
@@ -32,11 +43,17 @@ def test_smollm2_library_template_renders_a_conversation():
 
 def test_smollm2_library_template_renders_tools_calls_and_results():
     call = msgspec.convert({"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}, ToolCall)
-    prompt = render_go_template(SMOLLM2_TEMPLATE, [message("user", "Weather?"), message("assistant", tool_calls=[call]), message("tool", "sunny")], TOOLS)
+    prompt = render_go_template(
+        SMOLLM2_TEMPLATE,
+        [message("user", "Weather?"), message("assistant", tool_calls=[call]), message("tool", "sunny")],
+        TOOLS,
+    )
     # .Tools prints as JSON, as Ollama's api.Tools does; arguments too.
     assert '<tools>[{"type":"function","function":{"name":"get_weather","parameters":' in prompt
     assert '{"name": "get_weather", "arguments": {"city":"Paris"}}' in prompt
-    assert prompt.endswith("<|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    assert prompt.endswith(
+        "<|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_templates_that_read_tools_give_the_tools_capability():
@@ -47,8 +64,14 @@ def test_templates_that_read_tools_give_the_tools_capability():
 
 def test_a_messages_template_leaves_a_trailing_assistant_message_open():
     counting = [message("user", "Count."), message("assistant", "1, 2,")]
-    assert render_go_template(SMOLLM2_TEMPLATE, counting) == "<|im_start|>user\nCount.<|im_end|>\n<|im_start|>assistant\n1, 2,"
-    assert render_go_template(GEMMA3_TEMPLATE, counting) == "<start_of_turn>user\nCount.<end_of_turn>\n<start_of_turn>model\n1, 2,"
+    assert (
+        render_go_template(SMOLLM2_TEMPLATE, counting)
+        == "<|im_start|>user\nCount.<|im_end|>\n<|im_start|>assistant\n1, 2,"
+    )
+    assert (
+        render_go_template(GEMMA3_TEMPLATE, counting)
+        == "<start_of_turn>user\nCount.<end_of_turn>\n<start_of_turn>model\n1, 2,"
+    )
 
 
 def test_gemma_template_puts_the_system_prompt_in_the_first_user_turn():
@@ -58,15 +81,26 @@ def test_gemma_template_puts_the_system_prompt_in_the_first_user_turn():
 
 def test_a_legacy_template_is_cut_after_the_response_of_the_last_turn():
     """Ollama renders each finished turn whole, and the last one up to {{ .Response }}."""
-    conversation = [message("system", "S"), message("user", "a"), message("assistant", "b"), message("user", "c"), message("assistant", "d")]
+    conversation = [
+        message("system", "S"),
+        message("user", "a"),
+        message("assistant", "b"),
+        message("user", "c"),
+        message("assistant", "d"),
+    ]
     assert render_go_template(CHATML, conversation) == (
         "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n"
         "<|im_start|>user\nc<|im_end|>\n<|im_start|>assistant\nd"
     )
     # A new turn ends at the assistant header: what follows {{ .Response }} is cut even when it is empty.
-    assert render_go_template(CHATML, [message("user", "a")]) == "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        render_go_template(CHATML, [message("user", "a")]) == "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\n"
+    )
     # A template without .Response gets it appended, as Ollama's Parse does.
-    assert render_go_template("[{{ .Prompt }}]", [message("user", "a"), message("assistant", "b"), message("user", "c")]) == "[a]b[c]"
+    assert (
+        render_go_template("[{{ .Prompt }}]", [message("user", "a"), message("assistant", "b"), message("user", "c")])
+        == "[a]b[c]"
+    )
 
 
 def test_cut_after_field_drops_everything_after_the_first_read():
@@ -76,9 +110,23 @@ def test_cut_after_field_drops_everything_after_the_first_read():
 
 
 def test_collate_merges_consecutive_messages_of_a_role_but_not_tool_results():
-    system, merged = collate([message("system", "a"), message("system", "b"), message("user", "c"), message("user", "d"), message("tool", "e"), message("tool", "f")])
+    system, merged = collate(
+        [
+            message("system", "a"),
+            message("system", "b"),
+            message("user", "c"),
+            message("user", "d"),
+            message("tool", "e"),
+            message("tool", "f"),
+        ]
+    )
     assert system == "a\n\nb"
-    assert [(m.role, m.content) for m in merged] == [("system", "a\n\nb"), ("user", "c\n\nd"), ("tool", "e"), ("tool", "f")]
+    assert [(m.role, m.content) for m in merged] == [
+        ("system", "a\n\nb"),
+        ("user", "c\n\nd"),
+        ("tool", "e"),
+        ("tool", "f"),
+    ]
 
 
 SMOLLM2_JINJA = (
@@ -98,7 +146,9 @@ def test_a_jinja_template_continues_a_trailing_assistant_message():
 
 
 def test_a_jinja_template_that_drops_the_final_message_cannot_continue_it():
-    template = ChatTemplate("{% for message in messages if message['role'] == 'user' %}{{ message['content'] }}{% endfor %}")
+    template = ChatTemplate(
+        "{% for message in messages if message['role'] == 'user' %}{{ message['content'] }}{% endfor %}"
+    )
     with pytest.raises(BadRequest):
         template.render([message("user", "Count."), message("assistant", "1, 2,")])
 
@@ -128,7 +178,7 @@ def test_tool_call_arguments_are_a_go_map_in_templates():
     template = (
         "{{ range .Messages }}{{ range .ToolCalls }}"
         "{{ range $key, $value := .Function.Arguments }}{{ $key }}={{ $value }};{{ end }}"
-        "|{{ index .Function.Arguments \"city\" }}|{{ len .Function.Arguments }}|{{ .Function.Arguments }}"
+        '|{{ index .Function.Arguments "city" }}|{{ len .Function.Arguments }}|{{ .Function.Arguments }}'
         "{{ end }}{{ end }}"
     )
     prompt = render_go_template(template, [message("user", "Weather?"), message("assistant", tool_calls=[call])])

@@ -92,7 +92,9 @@ def test_an_error_after_streaming_started_is_a_last_error_line(tmp_path, monkeyp
 def test_an_error_before_the_first_chunk_gets_its_status(tmp_path, monkeypatch):
     with client_for(tmp_path, monkeypatch, fail_after=0) as client:
         streamed = client.post("/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
-        single = client.post("/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": False})
+        single = client.post(
+            "/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": False}
+        )
     for response in (streamed, single):
         assert response.status_code == 500
         assert response.json() == {"error": "the engine fell over"}
@@ -101,7 +103,9 @@ def test_an_error_before_the_first_chunk_gets_its_status(tmp_path, monkeypatch):
 def test_a_failed_request_releases_the_model(tmp_path, monkeypatch):
     with client_for(tmp_path, monkeypatch, fail_after=0) as client:
         for _ in range(3):  # would hang on the second if the first kept the model's slot
-            assert client.post("/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False}).status_code == 500
+            assert (
+                client.post("/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False}).status_code == 500
+            )
 
 
 def test_in_repo_backends_are_entry_points_like_third_party_ones():

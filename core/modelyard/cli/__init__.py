@@ -142,7 +142,9 @@ def ps(client: Client, args: argparse.Namespace) -> int:
         # Kept forever shows as Go's longest duration from now (about 292 years).
         forever = expires - dt.datetime.now(dt.timezone.utc) > dt.timedelta(days=100 * 365)
         until = "Forever" if forever else human_ago(model["expires_at"])
-        rows.append([model["name"], model["digest"][:12], human_size(size), processor, str(model["context_length"]), until])
+        rows.append(
+            [model["name"], model["digest"][:12], human_size(size), processor, str(model["context_length"]), until]
+        )
     print_table(rows)
     return 0
 
@@ -201,7 +203,10 @@ class ProgressView:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
             console=Console(stderr=True),
         )
         self.tasks: dict[str, Any] = {}
@@ -313,7 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     show_parser.add_argument("--modelfile", action="store_true", help="print the model's Modelfile")
     show_parser.set_defaults(handler=show)
 
-    for verb, handler, help_text in (("pull", pull, "download a model from a registry"), ("push", push, "upload a model to a registry")):
+    for verb, handler, help_text in (
+        ("pull", pull, "download a model from a registry"),
+        ("push", push, "upload a model to a registry"),
+    ):
         verb_parser = verbs.add_parser(verb, help=help_text)
         verb_parser.add_argument("model")
         verb_parser.add_argument("--insecure", action="store_true", help="use plain http")
@@ -335,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     remove_parser.set_defaults(handler=remove)
 
     conformance_parser = verbs.add_parser(
-        "conformance", add_help=False, help="run the conformance suite (--backend NAME or --base-url URL, --model MODEL)"
+        "conformance",
+        add_help=False,
+        help="run the conformance suite (--backend NAME or --base-url URL, --model MODEL)",
     )
     conformance_parser.add_argument("rest", nargs=argparse.REMAINDER)
     conformance_parser.set_defaults(handler=conformance, needs_client=False)

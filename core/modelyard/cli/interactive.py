@@ -689,8 +689,13 @@ def run_model(client: Client, args: argparse.Namespace) -> int:
 
 
 def _run_model(client: Client, args: argparse.Namespace) -> int:
-    session = Session(model=args.model, format=args.format, keep_alive=args.keepalive, verbose=args.verbose,
-                      word_wrap=not args.nowordwrap)
+    session = Session(
+        model=args.model,
+        format=args.format,
+        keep_alive=args.keepalive,
+        verbose=args.verbose,
+        word_wrap=not args.nowordwrap,
+    )
     prompts = list(args.prompt)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     if not sys.stdin.isatty():
