@@ -235,7 +235,7 @@ def failures(check: Check, value: Any) -> list[str]:
         fail(f"must be formatted as {check.format}")
     if check.seconds_from_now is not None:
         try:
-            delta = (parse_timestamp(value) - dt.datetime.now(dt.timezone.utc)).total_seconds()
+            delta = (parse_timestamp(value) - dt.datetime.now(dt.UTC)).total_seconds()
         except (TypeError, ValueError):
             fail("must be an RFC 3339 timestamp")
         else:

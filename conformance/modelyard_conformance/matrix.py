@@ -95,14 +95,14 @@ def render(reports: list[dict[str, Any]], cases: tuple[Case, ...] | None = None)
         "",
     ]
     lines += [coverage_line(cases), ""]
-    for label, report in zip(labels, reports):
+    for label, report in zip(labels, reports, strict=False):
         counts = Counter(result["outcome"] for result in report.get("results", []))
         summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items()))
         lines.append(f"- {label}: {summary} (tests, counting each streaming mode)")
     lines += ["", "| Case | § | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
     for case in cases:
         cells = []
-        for report, grouped in zip(reports, by_case):
+        for report, grouped in zip(reports, by_case, strict=False):
             capabilities = set(report.get("target", {}).get("capabilities", []))
             cells.append(cell(case, grouped.get(case.id, []), capabilities))
         lines.append(f"| `{case.id}` | {heading_number(case.reference)} | " + " | ".join(cells) + " |")

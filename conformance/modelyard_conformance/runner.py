@@ -308,7 +308,7 @@ def run_case(case: Case, mode: str | None, target: Target) -> None:
                     for index, single in enumerate(singles, start=1)
                 ]
                 outcomes = [future.result() for future in futures]
-        for single, (outcome, exchange) in zip(singles, outcomes):
+        for single, (outcome, exchange) in zip(singles, outcomes, strict=False):
             for name, path in single.capture.items():
                 if path == "$text":
                     captured[name] = outcome.text

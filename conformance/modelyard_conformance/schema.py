@@ -17,7 +17,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
-from .checks import Check, parse_checks, parse_check
+from .checks import Check, parse_check, parse_checks
 
 PACKAGE = "modelyard_conformance"
 CASE_ID = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*/[a-z0-9]+(-[a-z0-9]+)*")

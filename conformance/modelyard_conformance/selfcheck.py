@@ -23,7 +23,7 @@ from pathlib import Path
 
 import msgspec
 
-from .schema import Case, Coverage, load_cases, load_coverage, load_expectations, expectations_dir, package_dir
+from .schema import Case, Coverage, expectations_dir, load_cases, load_coverage, load_expectations, package_dir
 
 REFERENCE_ENV = "MODELYARD_OLLAMA_REFERENCE"
 INDEX_FILE = "reference_index.json"
@@ -50,7 +50,7 @@ class Endpoint(msgspec.Struct, frozen=True):
         return (
             method == self.method
             and len(mine) == len(theirs)
-            and all(_is_parameter(a) or _is_parameter(b) or a == b for a, b in zip(mine, theirs))
+            and all(_is_parameter(a) or _is_parameter(b) or a == b for a, b in zip(mine, theirs, strict=False))
         )
 
 

@@ -14,8 +14,16 @@ import pytest
 
 from .report import Report
 from .runner import CaseFailure, requirement_problem, run_case
-from .schema import Case, DataError, Expectations, KnownGap, expectations_dir, load_case_file, load_expectations
-from .schema import resolve_expectations
+from .schema import (
+    Case,
+    DataError,
+    Expectations,
+    KnownGap,
+    expectations_dir,
+    load_case_file,
+    load_expectations,
+    resolve_expectations,
+)
 from .target import NEEDS_MODELYARD, Target, TargetError
 
 STATE = pytest.StashKey["ConformanceState"]()

@@ -193,7 +193,8 @@ class Target:
             raise TargetError(f"could not create {self.model} from {source}: {exc}") from exc
         if created.status_code != 200:
             raise TargetError(
-                f"could not create {self.model} from {source}: /api/create answered {created.status_code} {created.text[:300]}"
+                f"could not create {self.model} from {source}: "
+                f"/api/create answered {created.status_code} {created.text[:300]}"
             )
 
     def probe(self) -> None:

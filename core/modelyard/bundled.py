@@ -94,7 +94,7 @@ The example format is as follows. Please make sure the parameter type is correct
 {{ end }}{{ if .Prompt }}<|im_start|>user
 {{ .Prompt }}<|im_end|>
 {{ end }}<|im_start|>assistant
-{{ end }}{{ .Response }}{{ if .Response }}<|im_end|>{{ end }}"""
+{{ end }}{{ .Response }}{{ if .Response }}<|im_end|>{{ end }}"""  # noqa: E501 (the model's template, verbatim)
 
 # The template of Ollama's library model gemma3:270m: the template blob 4b19ac7dd2fb of
 # https://ollama.com/library/gemma3:270m (476 bytes).

@@ -667,7 +667,7 @@ class _Executor:
         for index, element in self.iterate(node.pipeline, value):
             iterated = True
             if node.pipeline.is_assign:
-                for name, item in zip(decls, (index, element) if len(decls) > 1 else (element,)):
+                for name, item in zip(decls, (index, element) if len(decls) > 1 else (element,), strict=False):
                     self.binding(node.pipeline, name).value = item
             elif decls:
                 # The pipeline pushed the declared variables: the element on top, the index under it.

@@ -45,7 +45,7 @@ class UtcClock:
         seconds, fraction = divmod(time.time_ns(), 1_000_000_000)
         if seconds != self._second:
             self._second = seconds
-            self._prefix = dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+            self._prefix = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
         digits = f"{fraction:09d}".rstrip("0")
         return f"{self._prefix}.{digits}Z" if digits else f"{self._prefix}Z"
 

@@ -194,13 +194,13 @@ class Management:
         if folder is not None:
             onnx_config = await asyncio.to_thread(self._onnx_config, folder)
         if quantize:
-            source = model_file or next((l.digest for l in layers if l.mediaType == MODEL_MEDIA_TYPE), None)
+            source = model_file or next((layer.digest for layer in layers if layer.mediaType == MODEL_MEDIA_TYPE), None)
             quantizing = self._quantize_plan(source, quantize)
 
         if folder is not None:
             yield progress("parsing ONNX model")
             replaced = (MODEL_MEDIA_TYPE, ONNX_FILE_MEDIA_TYPE, ADAPTER_MEDIA_TYPE)
-            layers = onnx_layers(self.store, folder) + [l for l in layers if l.mediaType not in replaced]
+            layers = onnx_layers(self.store, folder) + [layer for layer in layers if layer.mediaType not in replaced]
             config = onnx_config
         elif model_file:
             yield progress("parsing GGUF")
@@ -249,7 +249,7 @@ class Management:
                 layers.append(layer)
 
         config = msgspec.structs.replace(
-            config, rootfs=msgspec.structs.replace(config.rootfs, diff_ids=[l.digest for l in layers])
+            config, rootfs=msgspec.structs.replace(config.rootfs, diff_ids=[layer.digest for layer in layers])
         )
         config_layer, _ = self._text_layer(CONFIG_MEDIA_TYPE, msgspec.json.encode(config))
         yield progress("writing manifest")

@@ -91,7 +91,10 @@ def transport_cause(exc: httpx.TransportError, url: httpx.URL, action: str) -> s
         return f"tls: failed to verify certificate: {cause.verify_message}"
     if isinstance(cause, ssl.SSLError):
         reason = cause.reason or str(cause)
-        return f"tls: handshake with {address} failed ({reason}); if this registry speaks plain http, {action} with --insecure"
+        return (
+            f"tls: handshake with {address} failed ({reason}); "
+            f"if this registry speaks plain http, {action} with --insecure"
+        )
     if isinstance(cause, socket.gaierror):
         if cause.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
             return f"dial tcp: lookup {url.host}: no such host"

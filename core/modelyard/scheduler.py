@@ -151,7 +151,7 @@ class Scheduler:
 
     def loaded(self) -> list[Runner]:
         """Loaded models, the one that stays longest first (as /api/ps sorts them)."""
-        far = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+        far = dt.datetime.max.replace(tzinfo=dt.UTC)
         return sorted(self.runners.values(), key=lambda r: r.expires_at or far, reverse=True)
 
     async def close(self) -> None:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import msgspec
+
 from modelyard.backend import COMPLETION, CONTEXT_EXCEEDED, Completion, Done, Event, TextDelta
 from modelyard.errors import BadRequest
 from modelyard.hookspecs import hookimpl

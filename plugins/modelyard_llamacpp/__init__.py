@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
+
 from modelyard.backend import (
     COMPLETION,
     MIN_CONTEXT,
@@ -195,6 +196,7 @@ class LlamaCppBackend:
 class LlamaCppModel:
     def __init__(self, llm: Any, model: StoredModel, n_ctx: int) -> None:
         import llama_cpp
+
         from modelyard.chat_template import ChatTemplate  # jinja2: loaded with the first model, not at start
 
         self.llm = llm

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Literal
 
 import msgspec
+
 from modelyard.backend import COMPLETION, MIN_CONTEXT, TOOLS, Completion, Event, TextDelta, wait_uncancellable
 from modelyard.errors import BackendUnavailable, BadRequest, InternalError
 from modelyard.hookspecs import hookimpl

@@ -432,7 +432,8 @@ def _convert(source: Path, out: Path, recipe: Recipe, report: Display | MarkedLi
             extra.append(f"algo_config={algo}")
         command = [
             sys.executable, "-m", "onnxruntime_genai.models.builder",
-            "-i", str(hf), "-o", str(built), "-p", recipe.precision, "-e", recipe.provider, "-c", str(Path(work) / "cache"),
+            "-i", str(hf), "-o", str(built), "-p", recipe.precision, "-e", recipe.provider,
+            "-c", str(Path(work) / "cache"),
             "--extra_options", *extra,
         ]  # fmt: skip
         quantizing = recipe.precision in ("int4", "int8")

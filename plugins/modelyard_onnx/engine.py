@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 import msgspec
+
 from modelyard.backend import Completion, Done, TextDelta, cut_after, final_assistant_text, fit_context
 from modelyard.errors import BackendUnavailable, BadRequest, InternalError, ModelyardError
 from modelyard.options import Format, Options

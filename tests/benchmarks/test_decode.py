@@ -18,8 +18,8 @@ import pytest
 
 from modelyard.bundled import smollm2_gguf
 from modelyard.chat_template import ChatTemplate
-from modelyard.launcher import ServerProcess
 from modelyard.gguf import read_header
+from modelyard.launcher import ServerProcess
 from modelyard.wire import Message
 from modelyard_llamacpp import default_threads
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.models import create_from_folder
 
 from modelyard.bundled import smollm2_gguf
 from modelyard.chat_template import ChatTemplate
@@ -29,7 +30,6 @@ from modelyard.gguf import read_header
 from modelyard.launcher import ServerProcess
 from modelyard.wire import Message
 from modelyard_onnx import convert
-from support.models import create_from_folder
 
 GGUF_MODEL = "smollm2:135m"
 ONNX_MODEL = "smollm2-onnx:135m"

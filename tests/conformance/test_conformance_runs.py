@@ -9,10 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.suite import every_test
 
 from modelyard.launcher import ServerProcess
 from modelyard_conformance.schema import cases_dir
-from support.suite import every_test
 
 MODEL = "smollm2:135m"
 REPO = Path(__file__).resolve().parents[2]

@@ -151,7 +151,7 @@ def test_checks_hold_or_say_why() -> None:
     assert failures(parse_check({"json": True}), "{not json") != []
     assert failures(parse_check({"format": "rfc3339"}), "2025-10-26T17:15:24.097767123Z") == []
     assert failures(parse_check({"format": "rfc3339"}), "2025-10-26 17:15:24") != []
-    soon = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=5)).isoformat()
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).isoformat()
     assert failures(parse_check({"seconds_from_now": {"min": 240, "max": 360}}), soon) == []
     assert failures(parse_check({"sorted": "descending", "sorted_by": "t"}), [{"t": 2}, {"t": 1}]) == []
     assert failures(parse_check({"sorted": "descending", "sorted_by": "t"}), [{"t": 1}, {"t": 2}]) != []

@@ -41,12 +41,13 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "benchmarks"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from modelyard.chat_template import ChatTemplate  # noqa: E402
-from modelyard.launcher import ServerProcess  # noqa: E402
-from modelyard.wire import Message  # noqa: E402
 from support.models import create_from_folder  # noqa: E402
 from support.suite import run_suite  # noqa: E402
 from test_onnx_decode import PROMPT, ROUNDS, Timing, time_raw, time_server  # noqa: E402
+
+from modelyard.chat_template import ChatTemplate  # noqa: E402
+from modelyard.launcher import ServerProcess  # noqa: E402
+from modelyard.wire import Message  # noqa: E402
 
 TINY_FOLDER = REPO / "tests" / "fixtures" / "onnx" / "smollm2-tiny"
 

@@ -43,7 +43,7 @@ def http(server: ServerProcess) -> Iterator[httpx.Client]:
 
 def kept_forever(loaded: dict) -> bool:
     """Whether /api/ps shows Go's longest duration from now (about 292 years), as Ollama does for forever."""
-    return loaded["expires_at"][:4] == str((dt.datetime.now(dt.timezone.utc) + FOREVER).year)
+    return loaded["expires_at"][:4] == str((dt.datetime.now(dt.UTC) + FOREVER).year)
 
 
 def error_of(response: httpx.Response) -> str:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from modelyard.launcher import ServerProcess
 from support.models import create_from_folder, upload_folder  # noqa: F401 (the tests of this folder import them from here)
+
+from modelyard.launcher import ServerProcess
 
 TINY = "tiny-smollm2:latest"
 REAL = "smollm2:135m"  # the name the llama.cpp tests use, so that they run unchanged on the ONNX model

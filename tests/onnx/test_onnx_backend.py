@@ -10,6 +10,7 @@ import types
 
 import msgspec
 import pytest
+
 from modelyard.errors import BackendUnavailable, BadRequest
 from modelyard.options import Options
 from modelyard.plugins import Backends, build_plugin_manager

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ONNX_ENV, TINY, create_from_folder
+
 from modelyard.launcher import ServerProcess
 
 GREEDY = {"temperature": 0, "seed": 1}

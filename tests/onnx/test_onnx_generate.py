@@ -12,6 +12,7 @@ import httpx
 import msgspec
 import pytest
 from conftest import ONNX_ENV, TINY, create_from_folder
+
 from modelyard import wire
 from modelyard.launcher import ServerProcess
 

@@ -8,9 +8,8 @@ import shutil
 from pathlib import Path
 
 import ollama
-from pydantic import BaseModel
-
 from conftest import TINY, create_from_folder
+from pydantic import BaseModel
 
 
 class Joke(BaseModel):

@@ -12,6 +12,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+
 from modelyard.launcher import ServerProcess
 
 _SOURCE = Path(__file__).parents[1] / "http" / "test_generate_chat.py"

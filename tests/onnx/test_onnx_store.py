@@ -16,6 +16,8 @@ import httpx
 import msgspec
 import pytest
 from conftest import TINY, create_from_folder, upload_folder
+from support.registry import LocalRegistry
+
 from modelyard.launcher import ServerProcess
 from modelyard.names import ModelName
 from modelyard.store import (
@@ -26,7 +28,6 @@ from modelyard.store import (
     ModelStore,
     onnx_model_config,
 )
-from support.registry import LocalRegistry
 
 FILES = [
     "chat_template.jinja",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+
 from modelyard_conformance.schema import Case, load_cases
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,12 +13,12 @@ from modelyard.scheduler import FOREVER, expiry_after
 
 @pytest.mark.parametrize("seconds", [math.inf, 3e16, FOREVER.total_seconds(), 1e300])
 def test_expiry_of_a_huge_keep_alive_is_capped_at_forever(seconds):
-    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     assert expiry_after(now, seconds) == now + FOREVER
 
 
 def test_expiry_of_an_ordinary_keep_alive():
-    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     assert expiry_after(now, 300) == now + dt.timedelta(minutes=5)
 
 

@@ -92,7 +92,7 @@ def human_size(size: int) -> str:
 
 def human_ago(stamp: str) -> str:
     moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    seconds = (dt.datetime.now(dt.timezone.utc) - moment).total_seconds()
+    seconds = (dt.datetime.now(dt.UTC) - moment).total_seconds()
     future = seconds < 0
     seconds = abs(seconds)
     for unit, scale in (("year", 31536000), ("day", 86400), ("hour", 3600), ("minute", 60)):
@@ -106,7 +106,7 @@ def human_ago(stamp: str) -> str:
 def print_table(rows: list[list[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("    ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("    ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
 
 
 # --- verbs ----------------------------------------------------------------------------------------
@@ -140,7 +140,7 @@ def ps(client: Client, args: argparse.Namespace) -> int:
         processor = "100% CPU" if vram == 0 else "100% GPU" if vram >= size else f"{100 * vram // size}% GPU"
         expires = dt.datetime.fromisoformat(model["expires_at"].replace("Z", "+00:00"))
         # Kept forever shows as Go's longest duration from now (about 292 years).
-        forever = expires - dt.datetime.now(dt.timezone.utc) > dt.timedelta(days=100 * 365)
+        forever = expires - dt.datetime.now(dt.UTC) > dt.timedelta(days=100 * 365)
         until = "Forever" if forever else human_ago(model["expires_at"])
         rows.append(
             [model["name"], model["digest"][:12], human_size(size), processor, str(model["context_length"]), until]
