@@ -305,7 +305,7 @@ def _contains(value: Any, part: Any) -> bool:
 
 def check_paths(document: Any, checks: dict[str, Check], where: str) -> list[str]:
     """Every failure of the path checks on `document`, each prefixed with where it happened."""
-    problems = []
+    problems: list[str] = []
     for path, check in checks.items():
         for concrete, value in resolve(document, path):
             problems.extend(f"{where} {concrete}: {problem}" for problem in failures(check, value))

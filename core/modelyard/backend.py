@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import msgspec
@@ -129,7 +129,7 @@ class LoadedModel(Protocol):
     size_vram: int  # bytes of that in accelerator memory
     context_length: int  # tokens of context allocated
 
-    def generate(self, completion: Completion) -> AsyncIterator[Event]:
+    def generate(self, completion: Completion) -> AsyncGenerator[Event]:
         """Events of one generation; closing the iterator must stop the engine promptly."""
         ...
 
@@ -146,6 +146,8 @@ class Backend(Protocol):
     name: ClassVar[str]
     priority: ClassVar[int]
     Settings: ClassVar[type[msgspec.Struct]]
+
+    def __init__(self, settings: Any) -> None: ...  # an instance of its own Settings
 
     def serves(self, model: StoredModel) -> bool:
         """Whether this backend can run the stored model (by format, architecture...)."""

@@ -165,7 +165,7 @@ def smollm2_gguf() -> Path | None:
         return None
     for file in distribution.files or ():
         if file.name.endswith(".gguf"):
-            path = Path(distribution.locate_file(file))
+            path = Path(str(distribution.locate_file(file)))
             if path.is_file():
                 return path
     return None
@@ -196,7 +196,7 @@ def _write_bundled(store: ModelStore, bundled: BundledModel, model_layer: Layer,
             layers.append(_text_layer(store, media_type, text.encode()))
     # The config depends on the weights alone: reuse the store's (reading a GGUF header takes seconds).
     same_weights = existing is not None and _model_layer(existing) == model_layer
-    config = existing.manifest.config if same_weights else store.config_for_gguf(model_layer)
+    config = existing.manifest.config if existing is not None and same_weights else store.config_for_gguf(model_layer)
     manifest = Manifest(config=config, layers=layers)
     if existing is not None and existing.manifest == manifest:
         return False
@@ -226,7 +226,8 @@ def install_smollm2(store: ModelStore) -> None:
     layer = _model_layer(existing)
     blob = None if layer is None else store.blob_path(layer.digest)
     if (
-        blob is not None
+        layer is not None
+        and blob is not None
         and blob.is_symlink()
         and blob.resolve() == source.resolve()
         and layer.size == source.stat().st_size

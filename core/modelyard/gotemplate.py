@@ -62,6 +62,13 @@ _OPERAND_STARTS = frozenset(
 )
 
 
+def _match_end(pattern: re.Pattern[str], source: str, pos: int) -> int:
+    """Where `pattern` stops matching at pos; the lexer's patterns may match nothing, so they always match."""
+    match = pattern.match(source, pos)
+    assert match is not None
+    return match.end()
+
+
 def _line(source: str, pos: int) -> int:
     return source.count("\n", 0, pos) + 1
 
@@ -182,11 +189,11 @@ class _Lexer:
             elif char == "$" or (char == "." and not "0" <= source[pos + 1 : pos + 2] <= "9"):
                 pos = self.lex_word(pos + 1, start=pos)
             elif char in "+-." or "0" <= char <= "9":
-                end = _NUMBER.match(source, pos).end()
-                if _WORD.match(source, end).end() > end:
+                end = _match_end(_NUMBER, source, pos)
+                if _match_end(_WORD, source, end) > end:
                     raise _LexError(f"bad number syntax: {_go_quote(source[pos : end + 1])}", pos)
                 pos = self.emit("number", source[pos:end], pos)
-            elif _WORD.match(source, pos).end() > pos:
+            elif _match_end(_WORD, source, pos) > pos:
                 pos = self.lex_word(pos, start=pos)
             elif " " < char <= "~":
                 pos = self.emit("char", char, pos)
@@ -208,7 +215,7 @@ class _Lexer:
 
     def lex_word(self, pos: int, start: int) -> int:
         """An identifier, keyword, .Field or $variable; pos is past the leading "." or "$"."""
-        end = _WORD.match(self.source, pos).end()
+        end = _match_end(_WORD, self.source, pos)
         if not self.at_terminator(end):
             raise _LexError(f"bad character {_describe_char(self.source[end])}", end)
         word = self.source[start:end]
@@ -385,7 +392,7 @@ class _Parser:
         return nodes
 
     def item_list(self) -> tuple[list[Any], _Closer]:
-        nodes = []
+        nodes: list[Any] = []
         while self.peek_non_space().kind != "eof":
             node = self.text_or_action()
             if isinstance(node, _Closer):
@@ -557,6 +564,7 @@ class _Parser:
             raise self.error(message) from None
         if token.kind != "charconst":
             return value
+        assert isinstance(value, str)  # a character constant unquotes to text
         if len(value) != 1:
             raise self.error(f"malformed character constant: {token.text}")
         return ord(value)
@@ -967,6 +975,7 @@ def _slice(item: Any, *indexes: Any) -> Any:
         raise _CallError("slice of untyped nil")
     if len(indexes) > 3:
         raise _CallError(f"too many slice indexes: {len(indexes)}")
+    sequence: bytes | list[Any] | tuple[Any, ...]
     if isinstance(item, str):
         if len(indexes) == 3:
             raise _CallError("cannot 3-index slice a string")
@@ -982,7 +991,7 @@ def _slice(item: Any, *indexes: Any) -> Any:
         if low > high:
             raise _CallError(f"invalid slice index: {low} > {high}")
     result = sequence[bounds[0] : bounds[1]]
-    return result.decode("utf-8", errors="replace") if isinstance(item, str) else result
+    return result.decode("utf-8", errors="replace") if isinstance(result, bytes) else result
 
 
 def _basic_kind(value: Any) -> str | None:

@@ -7,9 +7,9 @@ import fnmatch
 import ipaddress
 import re
 import socket
-from typing import Any
+from typing import Any, cast
 
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, HTTPScope, Receive, Scope, Send
 
 from .config import Settings
 
@@ -70,7 +70,7 @@ def guard_middleware(settings: Settings) -> Any:
                 await app(scope, receive, send)
                 return
             cors = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
-            if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+            if cast("HTTPScope", scope)["method"] == "OPTIONS" and "access-control-request-method" in headers:
                 requested = headers.get("access-control-request-headers", "").encode("latin-1")
                 preflight = [
                     (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"),
@@ -93,5 +93,11 @@ def guard_middleware(settings: Settings) -> Any:
 
 
 async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"content-length", b"0")]})
-    await send({"type": "http.response.body", "body": b""})
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [*headers, (b"content-length", b"0")],
+    }
+    await send(start)
+    body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
+    await send(body)

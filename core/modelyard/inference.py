@@ -11,7 +11,7 @@ import base64
 import binascii
 import datetime as dt
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -121,7 +121,7 @@ class Inference:
         options = merge_options({"num_ctx": self.context_length}, parse_options(model_options), request_options)
         return await self.scheduler.acquire(model, backend, options, keep_alive), options, format_
 
-    async def generate(self, request: GenerateRequest, started: int) -> AsyncIterator[GenerateResponse]:
+    async def generate(self, request: GenerateRequest, started: int) -> AsyncGenerator[GenerateResponse]:
         keep_alive = parse_keep_alive(request.keep_alive)
         _check_top_logprobs(request.top_logprobs)
         requested = request.model or ""
@@ -183,7 +183,7 @@ class Inference:
         finally:
             await lease.release()
 
-    async def chat(self, request: ChatRequest, started: int) -> AsyncIterator[ChatResponse]:
+    async def chat(self, request: ChatRequest, started: int) -> AsyncGenerator[ChatResponse]:
         keep_alive = parse_keep_alive(request.keep_alive)
         _check_top_logprobs(request.top_logprobs)
         requested = request.model or ""

@@ -217,6 +217,7 @@ def parse_go_duration(text: str) -> float:
     position = 0
     while position < len(body):
         match = _DURATION_PART.match(body, position)
+        assert match is not None  # every part of the pattern may be empty, so it matches anywhere
         whole, fraction, unit = match.group(1), match.group(2) or "", match.group(3)
         if not whole and not fraction:
             raise invalid

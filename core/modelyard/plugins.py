@@ -65,7 +65,7 @@ class Backends:
         enabled: tuple[str, ...] | None = None,
         env: Mapping[str, str] = os.environ,
     ) -> Backends:
-        classes: list[type] = []
+        classes: list[type[Backend]] = []
         manager.hook.register_backends(register=classes.append)
         # Real engines before fallbacks: the first backend that serves a model runs it.
         classes.sort(key=lambda backend_class: getattr(backend_class, "priority", 100))

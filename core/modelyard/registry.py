@@ -13,7 +13,7 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -244,7 +244,7 @@ class Registry:
 
     # --- pull ------------------------------------------------------------------------------------
 
-    async def pull(self, requested: str | None, insecure: bool) -> AsyncIterator[ProgressResponse]:
+    async def pull(self, requested: str | None, insecure: bool) -> AsyncGenerator[ProgressResponse]:
         try:
             name = ModelName.parse(requested or "")
         except BadRequest:
@@ -288,6 +288,7 @@ class Registry:
             download.task.add_done_callback(lambda _: self.downloads.pop(layer.digest, None))
         download.waiters += 1
         task = download.task
+        assert task is not None  # set when the download was created, above or by an earlier waiter
         try:
             while not task.done():
                 yield ProgressResponse(
@@ -374,7 +375,7 @@ class Registry:
 
     # --- push ------------------------------------------------------------------------------------
 
-    async def push(self, requested: str | None, insecure: bool) -> AsyncIterator[ProgressResponse]:
+    async def push(self, requested: str | None, insecure: bool) -> AsyncGenerator[ProgressResponse]:
         if not requested:
             raise BadRequest("model is required")
         name = ModelName.parse(requested)

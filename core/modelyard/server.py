@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -103,7 +103,7 @@ async def until_disconnect(request: Request[Any, Any, Any], work: Awaitable[T]) 
     raise Canceled("request canceled")
 
 
-async def ndjson_lines(first: msgspec.Struct, chunks: AsyncIterator[msgspec.Struct]) -> AsyncIterator[bytes]:
+async def ndjson_lines(first: msgspec.Struct, chunks: AsyncGenerator[msgspec.Struct]) -> AsyncIterator[bytes]:
     """The stream body: one JSON object a line; an error after the first line becomes a last error line."""
     buffer = bytearray()
     try:
@@ -125,7 +125,7 @@ async def ndjson_lines(first: msgspec.Struct, chunks: AsyncIterator[msgspec.Stru
 
 async def respond(
     request: Request[Any, Any, Any],
-    chunks: AsyncIterator[Body],
+    chunks: AsyncGenerator[Body],
     stream: bool,
     merge: Callable[[list[Body]], Body],
 ) -> Response[Any]:

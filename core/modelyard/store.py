@@ -8,6 +8,7 @@ Writes are atomic (temporary file, fsync, rename): a crash leaves the old state 
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import hashlib
 import logging
@@ -237,7 +238,9 @@ class StoredModel:
 
     @cached_property
     def gguf(self) -> GGUFHeader:
-        return self.store.gguf_header(self._layer(MODEL_MEDIA_TYPE).digest)
+        layer = self._layer(MODEL_MEDIA_TYPE)
+        assert layer is not None  # only models with weights are read as GGUF
+        return self.store.gguf_header(layer.digest)
 
     @cached_property
     def template(self) -> str | None:
@@ -507,7 +510,7 @@ class ModelStore:
             except OSError:
                 break
 
-    def prune(self) -> list[str]:
+    def prune(self) -> builtins.list[str]:  # `list` here is the method above
         """Remove blobs no manifest names (not partial downloads); returns their names."""
         if not self.blobs.is_dir():
             return []
@@ -731,8 +734,11 @@ def _varint(data: memoryview, position: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _fields(data: memoryview, start: int, end: int) -> Iterator[tuple[int, int | tuple[int, int]]]:
-    """(field number, value) of a protobuf message: varints as ints, length-delimited as spans."""
+def _fields(data: memoryview, start: int, end: int) -> Iterator[tuple[int, Any]]:
+    """(field number, value) of a protobuf message: varints as ints, length-delimited as spans.
+
+    The value is typed Any: which of the two a field holds is fixed by the schema the caller reads.
+    """
     position = start
     while position < end:
         key, position = _varint(data, position)

@@ -81,7 +81,8 @@ class LoadLog:
     @contextlib.contextmanager
     def capture(self) -> Iterator[list[str]]:
         self._lib.llama_log_set(self._callback, ctypes.c_void_p(0))  # ours, even if another backend replaced it
-        self._local.lines = lines = []
+        lines: list[str] = []
+        self._local.lines = lines
         try:
             yield lines
         finally:

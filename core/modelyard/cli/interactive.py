@@ -12,7 +12,7 @@ import contextlib
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -284,7 +284,7 @@ def stream_answer(client: Client, path: str, body: dict[str, Any], session: Sess
     return Answer("".join(content), "".join(thinking), final)
 
 
-def _chain(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def _chain(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Generator[dict[str, Any]]:
     yield first
     yield from rest
 
