@@ -17,8 +17,8 @@ import httpx
 import ollama
 import pytest
 
-from modelyard.bundled import smollm2_gguf
-from modelyard.launcher import ServerProcess
+from modelyard.store.bundled import smollm2_gguf
+from modelyard_conformance.launcher import ServerProcess
 from modelyard_onnx import convert
 
 SMOLLM2 = "smollm2:135m"

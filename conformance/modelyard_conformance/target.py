@@ -139,7 +139,7 @@ class Target:
     ) -> Target:
         """A `modelyard serve` subprocess with only `backend` loaded, on a free port; with `create_from`,
         the model under test is created in its store from that Modelfile, model folder or GGUF file."""
-        from modelyard.launcher import ServerProcess
+        from modelyard_conformance.launcher import ServerProcess
 
         workdir = Path(tempfile.mkdtemp(prefix="modelyard-conformance-"))
         models = models_dir or workdir / "models"
@@ -183,7 +183,7 @@ class Target:
 
     def create_model(self, source: Path) -> None:
         """Create the model under test from a Modelfile, a model folder or a GGUF file, as `modelyard create`."""
-        from modelyard.modelfile import ModelfileError, create_request, source_modelfile
+        from modelyard.store.modelfile import ModelfileError, create_request, source_modelfile
 
         try:
             modelfile, base = source_modelfile(source)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgspec
 
-from .options import parse_keep_alive_setting
+from modelyard.runtime.options import parse_keep_alive_setting
 
 DEFAULT_PORT = 11434
 # Ollama reads bodies without a limit; a chat with several large images runs to tens of megabytes.

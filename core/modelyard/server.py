@@ -16,20 +16,10 @@ from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFou
 from litestar.params import FromPath
 from litestar.response import Stream
 
-from . import OLLAMA_API_VERSION, __version__
-from .bundled import install_bundled_models
-from .config import Settings
-from .errors import BadRequest, Canceled, ModelyardError, NotFound
-from .gguf import GGUFError
-from .guard import guard_middleware
-from .inference import Inference, merge_chat, merge_generate
-from .manage import Management
-from .models import describe_loaded, describe_model, list_models
-from .names import ModelName
-from .plugins import Backends, build_plugin_manager
-from .scheduler import Scheduler
-from .store import ModelStore
-from .wire import (
+from modelyard import OLLAMA_API_VERSION, __version__
+from modelyard.api.guard import guard_middleware
+from modelyard.api.ollama.models import describe_loaded, describe_model, list_models
+from modelyard.api.ollama.wire import (
     ChatRequest,
     CopyRequest,
     CreateRequest,
@@ -41,9 +31,19 @@ from .wire import (
     ShowRequest,
     VersionResponse,
 )
+from modelyard.config import Settings
+from modelyard.errors import BadRequest, Canceled, ModelyardError, NotFound
+from modelyard.runtime.inference import Inference, merge_chat, merge_generate
+from modelyard.runtime.plugins import Backends, build_plugin_manager
+from modelyard.runtime.scheduler import Scheduler
+from modelyard.store.bundled import install_bundled_models
+from modelyard.store.gguf import GGUFError
+from modelyard.store.local import ModelStore
+from modelyard.store.manage import Management
+from modelyard.store.names import ModelName
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from modelyard.store.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def registry(request: Request[Any, Any, Any]) -> Registry:
     """The app's registry client, made on the first pull or push: httpx costs start-up time and memory."""
     state = services(request)
     if state.get("registry") is None:
-        from .registry import Registry
+        from modelyard.store.registry import Registry
 
         state.registry = Registry(state.store, prune=not state.settings.noprune)
     return state.registry

@@ -16,12 +16,12 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from modelyard.backend import COMPLETION, CONTEXT_EXCEEDED, Completion, Done, Event, TextDelta
 from modelyard.errors import BadRequest
-from modelyard.hookspecs import hookimpl
-from modelyard.options import Options
-from modelyard.store import StoredModel
-from modelyard.text import StopSequences
+from modelyard.runtime.contract import COMPLETION, CONTEXT_EXCEEDED, Completion, Done, Event, TextDelta
+from modelyard.runtime.hookspecs import hookimpl
+from modelyard.runtime.options import Options
+from modelyard.runtime.text import StopSequences
+from modelyard.store.local import StoredModel
 
 
 class EchoSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from modelyard.backend import (
+from modelyard.errors import BackendUnavailable, BadRequest, InternalError
+from modelyard.runtime.contract import (
     COMPLETION,
     MIN_CONTEXT,
     TOOLS,
@@ -32,12 +33,11 @@ from modelyard.backend import (
     fit_context,
     iterate_in_thread,
 )
-from modelyard.errors import BackendUnavailable, BadRequest, InternalError
-from modelyard.gguf import FILE_TYPES, Metadata
-from modelyard.hookspecs import hookimpl
-from modelyard.options import Options
-from modelyard.store import StoredModel
-from modelyard.text import StopSequences
+from modelyard.runtime.hookspecs import hookimpl
+from modelyard.runtime.options import Options
+from modelyard.runtime.text import StopSequences
+from modelyard.store.gguf import FILE_TYPES, Metadata
+from modelyard.store.local import StoredModel
 
 INSTALL_HINT = (
     "the llamacpp backend needs llama-cpp-python: pip install 'modelyard[llamacpp]' "
@@ -198,7 +198,7 @@ class LlamaCppModel:
     def __init__(self, llm: Any, model: StoredModel, n_ctx: int) -> None:
         import llama_cpp
 
-        from modelyard.chat_template import ChatTemplate  # jinja2: loaded with the first model, not at start
+        from modelyard.templates.chat_template import ChatTemplate  # jinja2: loaded with the first model, not at start
 
         self.llm = llm
         self.n_ctx = n_ctx

@@ -22,11 +22,11 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from modelyard.backend import COMPLETION, MIN_CONTEXT, TOOLS, Completion, Event, TextDelta, wait_uncancellable
 from modelyard.errors import BackendUnavailable, BadRequest, InternalError
-from modelyard.hookspecs import hookimpl
-from modelyard.options import Options
-from modelyard.store import FolderView, StoredModel
+from modelyard.runtime.contract import COMPLETION, MIN_CONTEXT, TOOLS, Completion, Event, TextDelta, wait_uncancellable
+from modelyard.runtime.hookspecs import hookimpl
+from modelyard.runtime.options import Options
+from modelyard.store.local import FolderView, StoredModel
 
 from .engine import (
     HEADER,

@@ -28,10 +28,10 @@ from typing import IO, Any
 
 import msgspec
 
-from modelyard.backend import Completion, Done, TextDelta, cut_after, final_assistant_text, fit_context
 from modelyard.errors import BackendUnavailable, BadRequest, InternalError, ModelyardError
-from modelyard.options import Format, Options
-from modelyard.text import StopSequences
+from modelyard.runtime.contract import Completion, Done, TextDelta, cut_after, final_assistant_text, fit_context
+from modelyard.runtime.options import Format, Options
+from modelyard.runtime.text import StopSequences
 
 # Per provider: the name onnxruntime-genai knows it by, the function that says whether this build has
 # it, and the install that brings it.

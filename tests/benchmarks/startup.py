@@ -231,7 +231,7 @@ def main() -> int:
             server.stop()
 
     gguf = subprocess.run(
-        [args.python, "-c", "from modelyard.bundled import smollm2_gguf; print(smollm2_gguf())"],
+        [args.python, "-c", "from modelyard.store.bundled import smollm2_gguf; print(smollm2_gguf())"],
         capture_output=True,
         text=True,
         check=True,

@@ -24,11 +24,11 @@ import httpx
 import pytest
 from support.models import create_from_folder
 
-from modelyard.bundled import smollm2_gguf
-from modelyard.chat_template import ChatTemplate
-from modelyard.gguf import read_header
-from modelyard.launcher import ServerProcess
-from modelyard.wire import Message
+from modelyard.api.ollama.wire import Message
+from modelyard.store.bundled import smollm2_gguf
+from modelyard.store.gguf import read_header
+from modelyard.templates.chat_template import ChatTemplate
+from modelyard_conformance.launcher import ServerProcess
 from modelyard_onnx import convert
 
 GGUF_MODEL = "smollm2:135m"

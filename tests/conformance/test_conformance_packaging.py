@@ -26,13 +26,13 @@ import httpx
 import msgspec
 import pytest
 
-from modelyard import wire
-from modelyard.bundled import smollm2_gguf
+from modelyard.api.ollama import wire
 from modelyard.config import base_url
-from modelyard.launcher import ServerProcess
-from modelyard.names import ModelName
+from modelyard.store.bundled import smollm2_gguf
+from modelyard.store.names import ModelName
 from modelyard_conformance import contract
 from modelyard_conformance.cli import ollama_host_url
+from modelyard_conformance.launcher import ServerProcess
 from modelyard_conformance.target import model_variables
 
 REPO = Path(__file__).resolve().parents[2]

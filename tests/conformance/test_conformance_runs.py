@@ -11,7 +11,7 @@ import httpx
 import pytest
 from support.suite import every_test
 
-from modelyard.launcher import ServerProcess
+from modelyard_conformance.launcher import ServerProcess
 from modelyard_conformance.schema import cases_dir
 
 MODEL = "smollm2:135m"
@@ -208,10 +208,10 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from modelyard.backend import COMPLETION, Completion, Done, TextDelta
+from modelyard.runtime.contract import COMPLETION, Completion, Done, TextDelta
 from modelyard.errors import InternalError
-from modelyard.hookspecs import hookimpl
-from modelyard.text import StopSequences
+from modelyard.runtime.hookspecs import hookimpl
+from modelyard.runtime.text import StopSequences
 
 FAIL_BEFORE = "modelyard-conformance:fail-before-first-chunk"
 FAIL_AFTER = "modelyard-conformance:fail-after-first-chunk"

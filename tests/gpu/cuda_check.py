@@ -45,9 +45,9 @@ from support.models import create_from_folder  # noqa: E402
 from support.suite import run_suite  # noqa: E402
 from test_onnx_decode import PROMPT, ROUNDS, Timing, time_raw, time_server  # noqa: E402
 
-from modelyard.chat_template import ChatTemplate  # noqa: E402
-from modelyard.launcher import ServerProcess  # noqa: E402
-from modelyard.wire import Message  # noqa: E402
+from modelyard.api.ollama.wire import Message  # noqa: E402
+from modelyard.templates.chat_template import ChatTemplate  # noqa: E402
+from modelyard_conformance.launcher import ServerProcess  # noqa: E402
 
 TINY_FOLDER = REPO / "tests" / "fixtures" / "onnx" / "smollm2-tiny"
 

@@ -10,9 +10,9 @@ import httpx
 import ollama
 import pytest
 
-from modelyard.bundled import GEMMA3_PT, SMOLLM2, install_gemma3, install_smollm2, smollm2_gguf
-from modelyard.launcher import ServerProcess
-from modelyard.store import MODEL_MEDIA_TYPE, TEMPLATE_MEDIA_TYPE, Layer, Manifest, ModelStore
+from modelyard.store.bundled import GEMMA3_PT, SMOLLM2, install_gemma3, install_smollm2, smollm2_gguf
+from modelyard.store.local import MODEL_MEDIA_TYPE, TEMPLATE_MEDIA_TYPE, Layer, Manifest, ModelStore
+from modelyard_conformance.launcher import ServerProcess
 
 GEMMA = "gemma3:270m-pt"
 

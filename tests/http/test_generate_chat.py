@@ -8,7 +8,7 @@ import httpx
 import ollama
 import pytest
 
-from modelyard import wire
+from modelyard.api.ollama import wire
 
 MODEL = "smollm2:135m"
 DETERMINISTIC = {"temperature": 0, "seed": 42}

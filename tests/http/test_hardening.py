@@ -19,9 +19,9 @@ import ollama
 import pytest
 from pydantic import BaseModel
 
-from modelyard.bundled import smollm2_gguf
-from modelyard.launcher import ServerProcess
-from modelyard.scheduler import FOREVER
+from modelyard.runtime.scheduler import FOREVER
+from modelyard.store.bundled import smollm2_gguf
+from modelyard_conformance.launcher import ServerProcess
 
 MODEL = "smollm2:135m"
 BODY_LIMIT = 16 * 1024**2

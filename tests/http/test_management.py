@@ -19,9 +19,9 @@ import ollama
 import pytest
 from support.registry import LocalRegistry, RegistryProxy
 
-from modelyard.bundled import smollm2_gguf
-from modelyard.launcher import ServerProcess
-from modelyard.registry import transport_cause
+from modelyard.store.bundled import smollm2_gguf
+from modelyard.store.registry import transport_cause
+from modelyard_conformance.launcher import ServerProcess
 
 MODEL = "smollm2:135m"
 SMOLLM2_DIGEST = "sha256:" + hashlib.sha256(smollm2_gguf().read_bytes()).hexdigest()

@@ -13,9 +13,9 @@ from pathlib import Path
 import ollama
 import pytest
 
-from modelyard.bundled import smollm2_gguf
-from modelyard.gguf import LAZY_ARRAY_ITEMS, read_header
-from modelyard.launcher import ServerProcess
+from modelyard.store.bundled import smollm2_gguf
+from modelyard.store.gguf import LAZY_ARRAY_ITEMS, read_header
+from modelyard_conformance.launcher import ServerProcess
 
 MODEL = "smollm2:135m"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from modelyard.store import ModelStore
+from modelyard.store.local import ModelStore
 
 MODEL = "smollm2:135m"
 GREEDY = {"temperature": 0, "seed": 3, "num_predict": 12}

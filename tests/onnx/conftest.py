@@ -10,7 +10,7 @@ import httpx
 import pytest
 from support.models import create_from_folder, upload_folder  # noqa: F401 (the tests of this folder import them from here)
 
-from modelyard.launcher import ServerProcess
+from modelyard_conformance.launcher import ServerProcess
 
 TINY = "tiny-smollm2:latest"
 REAL = "smollm2:135m"  # the name the llama.cpp tests use, so that they run unchanged on the ONNX model

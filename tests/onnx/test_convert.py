@@ -21,7 +21,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from modelyard.bundled import smollm2_gguf
+from modelyard.store.bundled import smollm2_gguf
 from modelyard_onnx import convert
 
 CONVERTER = Path(convert.__file__).resolve()

@@ -12,8 +12,8 @@ import msgspec
 import pytest
 
 from modelyard.errors import BackendUnavailable, BadRequest
-from modelyard.options import Options
-from modelyard.plugins import Backends, build_plugin_manager
+from modelyard.runtime.options import Options
+from modelyard.runtime.plugins import Backends, build_plugin_manager
 from modelyard_onnx import OnnxBackend, OnnxSettings, check_provider
 from modelyard_onnx.engine import Engine
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from conftest import ONNX_ENV, TINY, create_from_folder
 
-from modelyard.launcher import ServerProcess
+from modelyard_conformance.launcher import ServerProcess
 
 GREEDY = {"temperature": 0, "seed": 1}
 

@@ -13,8 +13,8 @@ import msgspec
 import pytest
 from conftest import ONNX_ENV, TINY, create_from_folder
 
-from modelyard import wire
-from modelyard.launcher import ServerProcess
+from modelyard.api.ollama import wire
+from modelyard_conformance.launcher import ServerProcess
 
 SAMPLED = {"temperature": 1.0, "seed": 7}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.launcher import ServerProcess
+from modelyard_conformance.launcher import ServerProcess
 
 _SOURCE = Path(__file__).parents[1] / "http" / "test_generate_chat.py"
 _spec = importlib.util.spec_from_file_location("llamacpp_generate_chat", _SOURCE)

@@ -18,9 +18,7 @@ import pytest
 from conftest import TINY, create_from_folder, upload_folder
 from support.registry import LocalRegistry
 
-from modelyard.launcher import ServerProcess
-from modelyard.names import ModelName
-from modelyard.store import (
+from modelyard.store.local import (
     ONNX_FILE_MEDIA_TYPE,
     TITLE_ANNOTATION,
     Manifest,
@@ -28,6 +26,8 @@ from modelyard.store import (
     ModelStore,
     onnx_model_config,
 )
+from modelyard.store.names import ModelName
+from modelyard_conformance.launcher import ServerProcess
 
 FILES = [
     "chat_template.jinja",

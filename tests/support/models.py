@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from modelyard.store import sha256_file
+from modelyard.store.local import sha256_file
 
 
 def upload_folder(url: str, folder: Path) -> dict[str, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from modelyard.launcher import free_port
+from modelyard_conformance.launcher import free_port
 
 TOKEN = "secret-token"
 

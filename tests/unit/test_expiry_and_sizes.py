@@ -8,7 +8,7 @@ import math
 import pytest
 
 from modelyard.config import DEFAULT_MAX_BODY_SIZE, Settings, parse_size
-from modelyard.scheduler import FOREVER, expiry_after
+from modelyard.runtime.scheduler import FOREVER, expiry_after
 
 
 @pytest.mark.parametrize("seconds", [math.inf, 3e16, FOREVER.total_seconds(), 1e300])

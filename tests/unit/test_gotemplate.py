@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from modelyard.gotemplate import GoTemplate, GoTemplateError
+from modelyard.templates.gotemplate import GoTemplate, GoTemplateError
 
 CHATML = """{{ if .System }}<|im_start|>system
 {{ .System }}<|im_end|>

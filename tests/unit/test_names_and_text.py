@@ -2,9 +2,9 @@ import pytest
 
 from modelyard.config import base_url, parse_host
 from modelyard.errors import BadRequest
-from modelyard.gguf import human_number
-from modelyard.names import ModelName
-from modelyard.text import StopSequences
+from modelyard.runtime.text import StopSequences
+from modelyard.store.gguf import human_number
+from modelyard.store.names import ModelName
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,7 @@ def test_settings_from_the_environment(tmp_path):
 
 
 def test_source_suffixes():
-    from modelyard.names import strip_source
+    from modelyard.store.names import strip_source
 
     assert strip_source("smollm2:135m:local") == "smollm2:135m"
     assert strip_source("smollm2:local") == "smollm2"

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from modelyard.errors import BadRequest, InternalError
-from modelyard.options import (
+from modelyard.runtime.options import (
     MAX_DURATION_SECONDS,
     Options,
     merge_options,

@@ -6,12 +6,12 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from modelyard.bundled import GEMMA3_TEMPLATE, SMOLLM2_TEMPLATE
-from modelyard.chat_template import ChatTemplate
+from modelyard.api.ollama.wire import Message, ToolCall
 from modelyard.errors import BadRequest
-from modelyard.gotemplate import GoTemplate
-from modelyard.prompt import collate, render_go_template, template_capabilities
-from modelyard.wire import Message, ToolCall
+from modelyard.store.bundled import GEMMA3_TEMPLATE, SMOLLM2_TEMPLATE
+from modelyard.templates.chat_template import ChatTemplate
+from modelyard.templates.gotemplate import GoTemplate
+from modelyard.templates.prompt import collate, render_go_template, template_capabilities
 
 TOOLS = [
     {
@@ -154,10 +154,10 @@ def test_a_jinja_template_that_drops_the_final_message_cannot_continue_it():
 
 
 def test_the_modelfile_of_the_bundled_smollm2_parses_back_to_its_layers(tmp_path):
-    from modelyard.bundled import SMOLLM2, install_smollm2
-    from modelyard.modelfile import parse_modelfile
-    from modelyard.models import modelfile_quote, modelfile_text
-    from modelyard.store import ModelStore
+    from modelyard.api.ollama.models import modelfile_quote, modelfile_text
+    from modelyard.store.bundled import SMOLLM2, install_smollm2
+    from modelyard.store.local import ModelStore
+    from modelyard.store.modelfile import parse_modelfile
 
     store = ModelStore(tmp_path / "models")
     install_smollm2(store)

@@ -13,12 +13,12 @@ import msgspec
 import pytest
 from litestar.testing import TestClient
 
-from modelyard import hookspecs
-from modelyard.backend import COMPLETION, Completion, Done, TextDelta
 from modelyard.config import Settings
 from modelyard.errors import InternalError
-from modelyard.hookspecs import hookimpl
-from modelyard.plugins import Backends, build_plugin_manager
+from modelyard.runtime import hookspecs
+from modelyard.runtime.contract import COMPLETION, Completion, Done, TextDelta
+from modelyard.runtime.hookspecs import hookimpl
+from modelyard.runtime.plugins import Backends, build_plugin_manager
 from modelyard.server import create_app
 
 MODEL = "smollm2:135m"

@@ -13,10 +13,10 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .. import __version__
-from ..config import base_url
-from ..modelfile import ModelfileError, create_request, parse_modelfile
-from ..store import sha256_file
+from modelyard import __version__
+from modelyard.config import base_url
+from modelyard.store.local import sha256_file
+from modelyard.store.modelfile import ModelfileError, create_request, parse_modelfile
 
 if TYPE_CHECKING:
     import httpx
@@ -115,8 +115,8 @@ def print_table(rows: list[list[str]]) -> None:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ..config import Settings
-    from ..server import create_app
+    from modelyard.config import Settings
+    from modelyard.server import create_app
 
     settings = Settings.from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -190,7 +190,7 @@ def stop(client: Client, args: argparse.Namespace) -> int:
 
 
 def run(client: Client, args: argparse.Namespace) -> int:
-    from .interactive import run_model
+    from modelyard.cli.interactive import run_model
 
     return run_model(client, args)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..options import OPTION_KINDS
-from . import Client, ServerError, list_models, print_model_info
+from modelyard.cli import Client, ServerError, list_models, print_model_info
+from modelyard.runtime.options import OPTION_KINDS
 
 try:  # line editing and history where the platform has GNU readline (not on Windows)
     import readline

@@ -18,15 +18,22 @@ from typing import Any
 import msgspec
 from msgspec import UNSET
 
-from .backend import COMPLETION, INSERT, THINKING, TOOLS, VISION, Backend, Completion, Done, TextDelta
-from .errors import BadRequest, NotFound
-from .names import ModelName, strip_source
-from .options import Format, Options, merge_options, parse_format, parse_keep_alive, parse_options
-from .plugins import Backends
-from .prompt import model_capabilities, render_go_template
-from .scheduler import Lease, Scheduler
-from .store import ModelStore, StoredModel
-from .wire import ChatRequest, ChatResponse, GenerateRequest, GenerateResponse, Message, ResponseMessage
+from modelyard.api.ollama.wire import (
+    ChatRequest,
+    ChatResponse,
+    GenerateRequest,
+    GenerateResponse,
+    Message,
+    ResponseMessage,
+)
+from modelyard.errors import BadRequest, NotFound
+from modelyard.runtime.contract import COMPLETION, INSERT, THINKING, TOOLS, VISION, Backend, Completion, Done, TextDelta
+from modelyard.runtime.options import Format, Options, merge_options, parse_format, parse_keep_alive, parse_options
+from modelyard.runtime.plugins import Backends
+from modelyard.runtime.scheduler import Lease, Scheduler
+from modelyard.store.local import ModelStore, StoredModel
+from modelyard.store.names import ModelName, strip_source
+from modelyard.templates.prompt import model_capabilities, render_go_template
 
 THINK_LEVELS = ("high", "medium", "low", "max")
 

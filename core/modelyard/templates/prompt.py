@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from msgspec import UNSET
 
-from .backend import INSERT, TOOLS
-from .errors import InternalError
-from .gotemplate import GoTemplate, GoTemplateError
-from .wire import Message
+from modelyard.api.ollama.wire import Message
+from modelyard.errors import InternalError
+from modelyard.runtime.contract import INSERT, TOOLS
+from modelyard.templates.gotemplate import GoTemplate, GoTemplateError
 
 if TYPE_CHECKING:
-    from .backend import Backend
-    from .store import StoredModel
+    from modelyard.runtime.contract import Backend
+    from modelyard.store.local import StoredModel
 
 # Ollama's template.Vars: identifiers a template reads, whatever their letter case.
 _IDENTIFIER = re.compile(r"\.(\w+)")

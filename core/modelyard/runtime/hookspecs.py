@@ -15,6 +15,6 @@ def register_backends(register: Callable[[type], None]) -> None:
     """Register backend classes: `register(MyBackend)`.
 
     A backend class has a `name`, a `Settings` msgspec Struct and the methods of
-    `modelyard.backend.Backend`. The core creates one instance per server, with settings read from
+    `modelyard.runtime.contract.Backend`. The core creates one instance per server, with settings read from
     `MODELYARD_<NAME>_<FIELD>` environment variables.
     """

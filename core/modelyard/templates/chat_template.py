@@ -9,9 +9,9 @@ import jinja2
 import msgspec
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .backend import cut_after, final_assistant_text
-from .errors import BadRequest
-from .wire import Message
+from modelyard.api.ollama.wire import Message
+from modelyard.errors import BadRequest
+from modelyard.runtime.contract import cut_after, final_assistant_text
 
 # Used when a model ships no template: ChatML, which most small instruct models understand.
 CHATML = (

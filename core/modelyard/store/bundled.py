@@ -32,8 +32,7 @@ from typing import Any
 
 import msgspec
 
-from .names import ModelName
-from .store import (
+from modelyard.store.local import (
     LICENSE_MEDIA_TYPE,
     MODEL_MEDIA_TYPE,
     PARAMS_MEDIA_TYPE,
@@ -45,6 +44,7 @@ from .store import (
     StoredModel,
     sha256_file,
 )
+from modelyard.store.names import ModelName
 
 log = logging.getLogger(__name__)
 

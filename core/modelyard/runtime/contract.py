@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import msgspec
 
-from .errors import BadRequest
-from .options import Format, Options
-from .wire import Message
+from modelyard.api.ollama.wire import Message
+from modelyard.errors import BadRequest
+from modelyard.runtime.options import Format, Options
 
 if TYPE_CHECKING:
-    from .store import StoredModel
+    from modelyard.store.local import StoredModel
 
 # Capability names, as /api/show reports them.
 COMPLETION = "completion"

@@ -17,13 +17,13 @@ from typing import Any
 
 import msgspec
 
-from .errors import BadRequest, NotFound
-from .gguf import FILE_TYPES, is_gguf
-from .names import ModelName
-from .options import OPTION_KINDS
-from .plugins import Backends
-from .scheduler import Scheduler
-from .store import (
+from modelyard.api.ollama.wire import CreateRequest, ProgressResponse
+from modelyard.errors import BadRequest, NotFound
+from modelyard.runtime.options import OPTION_KINDS
+from modelyard.runtime.plugins import Backends
+from modelyard.runtime.scheduler import Scheduler
+from modelyard.store.gguf import FILE_TYPES, is_gguf
+from modelyard.store.local import (
     ADAPTER_MEDIA_TYPE,
     CONFIG_MEDIA_TYPE,
     DIGEST_PATTERN,
@@ -44,7 +44,7 @@ from .store import (
     onnx_model_config,
     sha256_file,
 )
-from .wire import CreateRequest, ProgressResponse
+from modelyard.store.names import ModelName
 
 
 def check_digest(digest: str) -> str:

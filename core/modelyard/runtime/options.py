@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from .errors import BadRequest, InternalError
+from modelyard.errors import BadRequest, InternalError
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import msgspec
 
-from .gguf import GGUFHeader, human_number, read_header
-from .names import ModelName
-from .wire import Message, ModelDetails
+from modelyard.api.ollama.wire import Message, ModelDetails
+from modelyard.store.gguf import GGUFHeader, human_number, read_header
+from modelyard.store.names import ModelName
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import re
 
 import msgspec
 
-from .errors import BadRequest
+from modelyard.errors import BadRequest
 
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"

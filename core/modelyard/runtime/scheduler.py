@@ -12,9 +12,9 @@ import logging
 import time
 from typing import Any
 
-from .backend import Backend, LoadedModel
-from .options import Options
-from .store import StoredModel
+from modelyard.runtime.contract import Backend, LoadedModel
+from modelyard.runtime.options import Options
+from modelyard.store.local import StoredModel
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from typing import Any
 import msgspec
 import pluggy
 
-from . import hookspecs
-from .backend import Backend
-from .errors import InternalError
-from .store import StoredModel
+from modelyard.errors import InternalError
+from modelyard.runtime import hookspecs
+from modelyard.runtime.contract import Backend
+from modelyard.store.local import StoredModel
 
 log = logging.getLogger(__name__)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from .errors import ModelyardError
-from .plugins import Backends
-from .prompt import model_capabilities
-from .scheduler import Scheduler
-from .store import ModelStore, StoredModel, go_time
-from .wire import ListModel, ListResponse, ProcessModel, ProcessResponse, ShowResponse
+from modelyard.api.ollama.wire import ListModel, ListResponse, ProcessModel, ProcessResponse, ShowResponse
+from modelyard.errors import ModelyardError
+from modelyard.runtime.plugins import Backends
+from modelyard.runtime.scheduler import Scheduler
+from modelyard.store.local import ModelStore, StoredModel, go_time
+from modelyard.templates.prompt import model_capabilities
 
 # Ollama drops these from model_info: the name is noise, the template is shown separately.
 HIDDEN_METADATA = ("general.name", "tokenizer.chat_template")

@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import msgspec
 
-from .errors import BadRequest, InternalError, NotFound
-from .names import ModelName
-from .store import DIGEST_PATTERN, MANIFEST_MEDIA_TYPE, Layer, Manifest, ModelStore, atomic_write
-from .wire import ProgressResponse
+from modelyard.api.ollama.wire import ProgressResponse
+from modelyard.errors import BadRequest, InternalError, NotFound
+from modelyard.store.local import DIGEST_PATTERN, MANIFEST_MEDIA_TYPE, Layer, Manifest, ModelStore, atomic_write
+from modelyard.store.names import ModelName
 
 log = logging.getLogger(__name__)
 

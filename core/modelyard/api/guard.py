@@ -11,7 +11,7 @@ from typing import Any, cast
 
 from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, HTTPScope, Receive, Scope, Send
 
-from .config import Settings
+from modelyard.config import Settings
 
 # Ollama's defaults: localhost on any port, and app, file and editor webviews.
 DEFAULT_ORIGINS = (

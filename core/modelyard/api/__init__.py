@@ -1,0 +1,1 @@
+"""The HTTP APIs: shared plumbing here, one subpackage per API (ollama)."""

@@ -1,0 +1,1 @@
+"""Models on disk: the Ollama-layout store, names, manifests, formats, the registry client, create/copy/delete."""

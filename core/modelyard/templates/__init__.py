@@ -1,0 +1,1 @@
+"""Prompt templates: Go templates (Modelfile TEMPLATE), Jinja chat templates, rendering messages."""
