@@ -33,6 +33,7 @@ from modelyard.api.ollama.wire import (
 )
 from modelyard.config import Settings
 from modelyard.errors import BadRequest, Canceled, ModelyardError, NotFound
+from modelyard.runtime.catalog import ModelCatalog
 from modelyard.runtime.inference import Inference, merge_chat, merge_generate
 from modelyard.runtime.plugins import Backends, build_plugin_manager
 from modelyard.runtime.scheduler import Scheduler
@@ -401,7 +402,7 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
                 "store": store,
                 "backends": backends,
                 "scheduler": scheduler,
-                "inference": Inference(store, backends, scheduler, settings.context_length),
+                "inference": Inference(ModelCatalog(store, backends), backends, scheduler, settings.context_length),
                 "management": Management(store, backends, scheduler, prune=not settings.noprune),
                 "registry": None,  # see registry()
                 "plugin_manager": manager,

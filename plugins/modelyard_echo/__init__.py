@@ -11,17 +11,25 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
 import msgspec
 
-from modelyard.errors import BadRequest
-from modelyard.runtime.contract import COMPLETION, CONTEXT_EXCEEDED, Completion, Done, Event, TextDelta
-from modelyard.runtime.hookspecs import hookimpl
-from modelyard.runtime.options import Options
-from modelyard.runtime.text import StopSequences
-from modelyard.store.local import StoredModel
+from modelyard.plugin import (
+    CONTEXT_EXCEEDED,
+    Backend,
+    BadRequest,
+    Completion,
+    Done,
+    Event,
+    LoadedModel,
+    LoadSpec,
+    ModelView,
+    StopSequences,
+    TextDelta,
+    hookimpl,
+)
 
 
 class EchoSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -30,39 +38,25 @@ class EchoSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     delay: float = 0.0  # seconds between words, to watch streaming and cancellation
 
 
-class EchoBackend:
+class EchoBackend(Backend):
     name: ClassVar[str] = "echo"
     priority: ClassVar[int] = 1000
     Settings: ClassVar[type[msgspec.Struct]] = EchoSettings
+    settings: EchoSettings
 
-    def __init__(self, settings: EchoSettings) -> None:
-        self.settings = settings
-
-    def serves(self, model: StoredModel) -> bool:
+    def serves(self, model: ModelView) -> bool:
         return True
 
-    def capabilities(self, model: StoredModel) -> frozenset[str]:
-        return frozenset({COMPLETION})
-
-    def load_key(self, model: StoredModel, options: Options) -> tuple[Any, ...]:
-        return (options.num_ctx,)
-
-    async def load(self, model: StoredModel, options: Options) -> EchoModel:
-        return EchoModel(self.settings.delay, options.num_ctx)
-
-    async def close(self) -> None:
-        pass
+    async def load(self, model: ModelView, spec: LoadSpec) -> EchoModel:
+        return EchoModel(self.settings.delay, spec.context_length)
 
 
-class EchoModel:
-    size_vram = 0
-
+class EchoModel(LoadedModel):
     def __init__(self, delay: float, context_length: int) -> None:
         self.delay = delay
         self.context_length = context_length
-        self.size = 0
 
-    async def generate(self, completion: Completion) -> AsyncIterator[Event]:
+    async def generate(self, completion: Completion) -> AsyncGenerator[Event]:
         started = time.perf_counter_ns()
         messages = completion.messages or completion.conversation  # echo the words, not a template's markup
         if messages:
@@ -105,9 +99,6 @@ class EchoModel:
             eval_duration=finished - started,
             context=list((prompt + answer).encode()) if completion.want_context else None,
         )
-
-    async def close(self) -> None:
-        pass
 
 
 @hookimpl

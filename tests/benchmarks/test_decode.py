@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from modelyard.api.ollama.wire import Message
+from modelyard.runtime.messages import Message
 from modelyard.store.bundled import smollm2_gguf
 from modelyard.store.gguf import read_header
 from modelyard.templates.chat_template import ChatTemplate

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from support.models import create_from_folder
 
-from modelyard.api.ollama.wire import Message
+from modelyard.runtime.messages import Message
 from modelyard.store.bundled import smollm2_gguf
 from modelyard.store.gguf import read_header
 from modelyard.templates.chat_template import ChatTemplate

@@ -6,8 +6,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from modelyard.api.ollama.wire import Message, ToolCall
 from modelyard.errors import BadRequest
+from modelyard.runtime.messages import Message, ToolCall
 from modelyard.store.bundled import GEMMA3_TEMPLATE, SMOLLM2_TEMPLATE
 from modelyard.templates.chat_template import ChatTemplate
 from modelyard.templates.gotemplate import GoTemplate

@@ -118,9 +118,13 @@ def serve(args: argparse.Namespace) -> int:
     from modelyard.config import Settings
     from modelyard.server import create_app
 
-    settings = Settings.from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
+    try:
+        settings = Settings.from_env()
+        app = create_app(settings)
+    except ValueError as exc:  # a setting that cannot be right: stop before listening, and say which
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=args.access_log)
     return 0
 

@@ -27,12 +27,22 @@ from modelyard.api.ollama.wire import (
     ResponseMessage,
 )
 from modelyard.errors import BadRequest, NotFound
-from modelyard.runtime.contract import COMPLETION, INSERT, THINKING, TOOLS, VISION, Backend, Completion, Done, TextDelta
+from modelyard.runtime.catalog import ModelCatalog
+from modelyard.runtime.contract import (
+    COMPLETION,
+    INSERT,
+    THINKING,
+    TOOLS,
+    VISION,
+    Backend,
+    Completion,
+    Done,
+    ModelView,
+    TextDelta,
+)
 from modelyard.runtime.options import Format, Options, merge_options, parse_format, parse_keep_alive, parse_options
 from modelyard.runtime.plugins import Backends
 from modelyard.runtime.scheduler import Lease, Scheduler
-from modelyard.store.local import ModelStore, StoredModel
-from modelyard.store.names import ModelName, strip_source
 from modelyard.templates.prompt import model_capabilities, render_go_template
 
 THINK_LEVELS = ("high", "medium", "low", "max")
@@ -82,26 +92,26 @@ def _check_images(images: list[str], model_field: str, capabilities: frozenset[s
 
 
 class Inference:
-    def __init__(self, store: ModelStore, backends: Backends, scheduler: Scheduler, context_length: int) -> None:
-        self.store = store
+    def __init__(self, catalog: ModelCatalog, backends: Backends, scheduler: Scheduler, context_length: int) -> None:
+        self.catalog = catalog
         self.backends = backends
         self.scheduler = scheduler
         self.context_length = context_length  # num_ctx when neither the model nor the request sets it
         self.clock = UtcClock()
 
-    def find_model(self, requested: str, *, missing_is_not_found: bool) -> StoredModel:
+    def find_model(self, requested: str, *, missing_is_not_found: bool) -> ModelView:
         """The stored model a request names, with the errors of Ollama's generate/chat handlers."""
         if not requested:
             if missing_is_not_found:
                 raise NotFound("model '' not found")
             raise BadRequest("model is required")
-        model = self.store.find(ModelName.parse(strip_source(requested)))
+        model = self.catalog.find(requested)
         if model is None:
             raise NotFound(f"model '{requested}' not found")
         return model
 
     def _backend(
-        self, model: StoredModel, requested: str, verb: str, think: bool | str | None, images: list[str]
+        self, model: ModelView, requested: str, verb: str, think: bool | str | None, images: list[str]
     ) -> tuple[Backend, frozenset[str]]:
         """The backend that runs the model, after the capability checks both endpoints share."""
         backend = self.backends.for_model(model)
@@ -114,7 +124,7 @@ class Inference:
 
     async def _lease(
         self,
-        model: StoredModel,
+        model: ModelView,
         backend: Backend,
         raw_options: dict[str, Any] | None,
         raw_format: Any,
@@ -123,7 +133,7 @@ class Inference:
         """Options (defaults < model PARAMETERs < request) and format checked, then the model leased."""
         request_options = parse_options(raw_options)
         format_ = parse_format(raw_format)
-        declared = getattr(backend, "parameters", None) or {}  # a backend's own Modelfile parameters
+        declared = backend.parameters  # a backend's own Modelfile parameters
         model_options = {key: value for key, value in model.parameters.items() if key not in declared}
         options = merge_options({"num_ctx": self.context_length}, parse_options(model_options), request_options)
         return await self.scheduler.acquire(model, backend, options, keep_alive), options, format_
@@ -146,7 +156,7 @@ class Inference:
             raise BadRequest("raw mode does not support template, system, or context")
         backend, capabilities = self._backend(model, requested, "generate", request.think, request.images or [])
         if request.suffix and INSERT not in capabilities:
-            raise BadRequest(f"{model.name.fully_qualified} does not support insert")
+            raise BadRequest(f"{model.name} does not support insert")
         lease, options, format_ = await self._lease(model, backend, request.options, request.format, keep_alive)
         try:
             if not prompt:
@@ -212,7 +222,7 @@ class Inference:
         images = [image for message in messages for image in (message.images or [])]
         backend, capabilities = self._backend(model, requested, "chat", request.think, images)
         if request.tools and TOOLS not in capabilities:
-            raise BadRequest(f"{model.name.fully_qualified} does not support tools")
+            raise BadRequest(f"{model.name} does not support tools")
         lease, options, format_ = await self._lease(model, backend, request.options, request.format, keep_alive)
         try:
             if not messages:

@@ -13,8 +13,7 @@ import pluggy
 
 from modelyard.errors import InternalError
 from modelyard.runtime import hookspecs
-from modelyard.runtime.contract import Backend
-from modelyard.store.local import StoredModel
+from modelyard.runtime.contract import Backend, ModelView
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,16 @@ def build_plugin_manager(extra_plugins: tuple[object, ...] = (), trace: bool = F
 
 
 def settings_from_env(settings_type: type[msgspec.Struct], prefix: str, env: Mapping[str, str]) -> Any:
-    """A backend's settings from `<prefix><FIELD>` variables, converted to the fields' types."""
+    """A backend's settings from `<prefix><FIELD>` variables, converted to the fields' types.
+
+    A variable with the prefix that names no field is a typo that would silently change nothing: it stops
+    the server, naming the variable and the fields there are.
+    """
+    fields = {f"{prefix}{field.upper()}" for field in settings_type.__struct_fields__}
+    unknown = sorted(name for name in env if name.startswith(prefix) and name not in fields)
+    if unknown:
+        known = ", ".join(sorted(fields)) or "none"
+        raise ValueError(f"unknown setting {', '.join(unknown)} (the settings of this backend: {known})")
     values = {
         field: env[f"{prefix}{field.upper()}"]
         for field in settings_type.__struct_fields__
@@ -67,8 +75,13 @@ class Backends:
     ) -> Backends:
         classes: list[type[Backend]] = []
         manager.hook.register_backends(register=classes.append)
+        for backend_class in classes:
+            if not (isinstance(backend_class, type) and issubclass(backend_class, Backend)):
+                raise ValueError(
+                    f"{backend_class!r} is not a backend: backends subclass modelyard.plugin.Backend (contract v2)"
+                )
         # Real engines before fallbacks: the first backend that serves a model runs it.
-        classes.sort(key=lambda backend_class: getattr(backend_class, "priority", 100))
+        classes.sort(key=lambda backend_class: backend_class.priority)
         if enabled is not None:
             by_name = {backend_class.name: backend_class for backend_class in classes}
             unknown = [name for name in enabled if name not in by_name]
@@ -81,11 +94,11 @@ class Backends:
             backends.append(backend_class(settings_from_env(backend_class.Settings, prefix, env)))
         return cls(backends)
 
-    def for_model(self, model: StoredModel) -> Backend:
+    def for_model(self, model: ModelView) -> Backend:
         for backend in self.backends:
             if backend.serves(model):
                 return backend
-        raise InternalError(f"no backend can run model '{model.name.display}' (format {model.format})")
+        raise InternalError(f"no backend can run model '{model.name}' (format {model.format})")
 
     async def close(self) -> None:
         for backend in self.backends:

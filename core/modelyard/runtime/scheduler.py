@@ -10,11 +10,9 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from typing import Any
 
-from modelyard.runtime.contract import Backend, LoadedModel
+from modelyard.runtime.contract import Backend, LoadedModel, LoadSpec, ModelView
 from modelyard.runtime.options import Options
-from modelyard.store.local import StoredModel
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +31,12 @@ class Runner:
     """A model in memory."""
 
     def __init__(
-        self, model: StoredModel, backend: Backend, loaded: LoadedModel, load_key: tuple[Any, ...], keep_alive: float
+        self, model: ModelView, backend: Backend, loaded: LoadedModel, spec: LoadSpec, keep_alive: float
     ) -> None:
         self.model = model
         self.backend = backend
         self.loaded = loaded
-        self.load_key = load_key
+        self.spec = spec
         self.keep_alive = keep_alive
         self.expires_at: dt.datetime | None = None  # None while a request uses it
         self.expiry: asyncio.TimerHandle | None = None
@@ -70,29 +68,29 @@ class Scheduler:
         self.slots: dict[str, asyncio.Lock] = {}
 
     @staticmethod
-    def _key(model: StoredModel) -> str:
-        return model.name.fully_qualified
+    def _key(model: ModelView) -> str:
+        return model.name
 
     def _slot(self, key: str) -> asyncio.Lock:
         return self.slots.setdefault(key, asyncio.Lock())
 
-    async def acquire(self, model: StoredModel, backend: Backend, options: Options, keep_alive: float | None) -> Lease:
+    async def acquire(self, model: ModelView, backend: Backend, options: Options, keep_alive: float | None) -> Lease:
         """Wait for the model's turn, load it if needed, and lease it to one request."""
         key = self._key(model)
         slot = self._slot(key)
         await slot.acquire()
         try:
             started = time.perf_counter_ns()
-            wanted = backend.load_key(model, options)
+            wanted = backend.load_spec(model, options)
             runner = self.runners.get(key)
             if runner is not None and (
-                runner.load_key != wanted or runner.model.digest != model.digest or runner.backend is not backend
+                runner.spec != wanted or runner.model.digest != model.digest or runner.backend is not backend
             ):
                 await self._unload(runner)
                 runner = None
             if runner is None:
-                log.info("loading %s with %s", model.name.display, backend.name)
-                loaded = await backend.load(model, options)
+                log.info("loading %s with %s", model.name, backend.name)
+                loaded = await backend.load(model, wanted)
                 runner = Runner(model, backend, loaded, wanted, self.default_keep_alive)
                 self.runners[key] = runner
             if keep_alive is not None:
@@ -130,7 +128,7 @@ class Scheduler:
         async with self._slot(key):
             # Still the same idle runner (not reused, reloaded or unloaded meanwhile)?
             if self.runners.get(key) is runner and runner.expires_at is not None:
-                log.info("keep_alive expired: unloading %s", runner.model.name.display)
+                log.info("keep_alive expired: unloading %s", runner.model.name)
                 await self._unload(runner)
 
     async def _unload(self, runner: Runner) -> None:
@@ -141,7 +139,7 @@ class Scheduler:
             runner.expiry.cancel()
         await runner.loaded.close()
 
-    async def unload(self, model: StoredModel) -> None:
+    async def unload(self, model: ModelView) -> None:
         """Unload a model once its current request (if any) is done."""
         key = self._key(model)
         async with self._slot(key):

@@ -24,7 +24,9 @@ from typing import Any
 
 import msgspec
 
-from modelyard.api.ollama.wire import Message, ModelDetails
+from modelyard.api.ollama.wire import ModelDetails
+from modelyard.runtime.contract import Details, ModelView
+from modelyard.runtime.messages import Message
 from modelyard.store.gguf import GGUFHeader, human_number, read_header
 from modelyard.store.names import ModelName
 
@@ -289,6 +291,31 @@ class StoredModel:
             families=[header.architecture],
             parameter_size=human_number(header.parameter_count),
             quantization_level=header.file_type,
+        )
+
+    @cached_property
+    def view(self) -> ModelView:
+        """What backends and the runtime see of this model (contract.ModelView)."""
+        if self.format == "gguf":
+            files = {"model": self.model_path}
+            if self.adapter_path is not None:
+                files["adapter"] = self.adapter_path
+            metadata: Any = lambda: self.gguf.metadata  # noqa: E731 (read when a backend asks)
+        else:
+            files = dict(self.files)
+            metadata = lambda: self.onnx_config  # noqa: E731
+        return ModelView(
+            name=self.name.display,
+            format=self.format,
+            digest=self.digest,
+            size=self.size,
+            files=files,
+            metadata=metadata,
+            template=self.template,
+            system=self.system,
+            parameters=self.parameters,
+            messages=self.messages,
+            details=lambda: msgspec.convert(msgspec.to_builtins(self.details()), Details),
         )
 
     def is_complete(self) -> bool:

@@ -158,7 +158,7 @@ class Management:
         model = self.store.find(name)
         if model is None:
             raise NotFound(f"model '{requested}' not found")
-        await self.scheduler.unload(model)
+        await self.scheduler.unload(model.view)
         self.store.remove_manifest(model)
         if self.prune:
             await asyncio.to_thread(self.store.prune)
@@ -282,7 +282,7 @@ class Management:
         """Modelfile parameters the installed backends declare (name -> type)."""
         declared: dict[str, Any] = {}
         for backend in self.backends.backends:
-            declared.update(getattr(backend, "parameters", None) or {})
+            declared.update(backend.parameters)
         return declared
 
     def _onnx_folder(self, files: dict[str, str]) -> dict[str, str] | None:
@@ -333,7 +333,7 @@ class Management:
         source_type = self.store.gguf_header(source).file_type
         if source_type not in ("F16", "F32", "BF16"):
             raise BadRequest(f"quantization is only supported for F16 and F32 models (this model is {source_type})")
-        quantizer = next((b for b in self.backends.backends if hasattr(b, "quantize")), None)
+        quantizer = next((b for b in self.backends.backends if b.quantizes), None)
         if quantizer is None:
             raise BadRequest("no installed backend can quantize models (the llamacpp backend can)")
         return source_type, target_type, quantizer

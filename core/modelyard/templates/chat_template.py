@@ -9,9 +9,9 @@ import jinja2
 import msgspec
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from modelyard.api.ollama.wire import Message
 from modelyard.errors import BadRequest
 from modelyard.runtime.contract import cut_after, final_assistant_text
+from modelyard.runtime.messages import Message
 
 # Used when a model ships no template: ChatML, which most small instruct models understand.
 CHATML = (

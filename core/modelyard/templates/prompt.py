@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from msgspec import UNSET
 
-from modelyard.api.ollama.wire import Message
 from modelyard.errors import InternalError
 from modelyard.runtime.contract import INSERT, TOOLS
+from modelyard.runtime.messages import Message
 from modelyard.templates.gotemplate import GoTemplate, GoTemplateError
 
 if TYPE_CHECKING:
-    from modelyard.runtime.contract import Backend
-    from modelyard.store.local import StoredModel
+    from modelyard.runtime.contract import Backend, ModelView
 
 # Ollama's template.Vars: identifiers a template reads, whatever their letter case.
 _IDENTIFIER = re.compile(r"\.(\w+)")
@@ -39,7 +38,7 @@ def template_capabilities(source: str) -> set[str]:
     return {capability for capability, field in ((TOOLS, "tools"), (INSERT, "suffix")) if field in fields}
 
 
-def model_capabilities(model: StoredModel, backend: Backend) -> frozenset[str]:
+def model_capabilities(model: ModelView, backend: Backend) -> frozenset[str]:
     """The backend's capabilities for the model, with tools and insert decided by the model's Go template
     when it has one: that template builds the prompt, so it decides what the prompt can carry."""
     found = set(backend.capabilities(model))

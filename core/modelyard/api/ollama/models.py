@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from modelyard.api.ollama.wire import ListModel, ListResponse, ProcessModel, ProcessResponse, ShowResponse
+import msgspec
+
+from modelyard.api.ollama.wire import ListModel, ListResponse, ModelDetails, ProcessModel, ProcessResponse, ShowResponse
 from modelyard.errors import ModelyardError
 from modelyard.runtime.plugins import Backends
 from modelyard.runtime.scheduler import Scheduler
@@ -18,7 +20,7 @@ HIDDEN_METADATA = ("general.name", "tokenizer.chat_template")
 
 def capabilities(model: StoredModel, backends: Backends) -> list[str]:
     try:
-        return sorted(model_capabilities(model, backends.for_model(model)))
+        return sorted(model_capabilities(model.view, backends.for_model(model.view)))
     except ModelyardError:
         return []
 
@@ -152,11 +154,11 @@ def describe_loaded(scheduler: Scheduler) -> ProcessResponse:
     return ProcessResponse(
         models=[
             ProcessModel(
-                name=runner.model.name.display,
-                model=runner.model.name.display,
+                name=runner.model.name,
+                model=runner.model.name,
                 size=runner.loaded.size,
                 digest=runner.model.digest,
-                details=runner.model.details(),
+                details=msgspec.convert(msgspec.to_builtins(runner.model.details), ModelDetails),
                 # A model in use expires keep_alive after its request ends; show that from now.
                 expires_at=go_time(runner.expires_at or now + dt.timedelta(seconds=min(runner.keep_alive, 1e10))),
                 size_vram=runner.loaded.size_vram,

@@ -12,6 +12,10 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from modelyard.runtime.messages import Message, ToolCall, ToolCallFunction
+
+__all__ = ["Message", "ToolCall", "ToolCallFunction"]  # re-exported: they are Ollama's wire types too
+
 
 class Request(msgspec.Struct, kw_only=True):
     """Base of every request body."""
@@ -21,32 +25,7 @@ class Response(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Base of every response body."""
 
 
-# --- chat messages and tools -------------------------------------------------------------------
-
-
-class ToolCallFunction(Response, kw_only=True):
-    name: str
-    arguments: dict[str, Any] = msgspec.field(default_factory=dict)
-    index: int = 0
-
-
-class ToolCall(Response, kw_only=True):
-    function: ToolCallFunction
-    id: str | UnsetType = UNSET
-
-
-class Message(Response, kw_only=True):
-    role: str
-    content: str = ""
-    thinking: str | UnsetType = UNSET
-    images: list[str] | UnsetType = UNSET
-    tool_calls: list[ToolCall] | UnsetType = UNSET
-    tool_name: str | UnsetType = UNSET
-    tool_call_id: str | UnsetType = UNSET
-
-    def __post_init__(self) -> None:
-        # Ollama lower-cases roles on decode ("User" is "user").
-        self.role = self.role.lower()
+# --- chat messages and tools: the runtime's own types (runtime/messages.py) -------------------
 
 
 class ResponseMessage(Response, kw_only=True):

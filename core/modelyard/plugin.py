@@ -1,0 +1,92 @@
+"""Everything a backend plugin needs, in one place: plugins import from here and nothing else in core.
+
+    from modelyard.plugin import Backend, LoadedModel, ModelView, LoadSpec, Completion, hookimpl, ...
+
+docs/plugins.md walks through writing one; the echo backend (plugins/modelyard_echo) is the example.
+"""
+
+from __future__ import annotations
+
+from modelyard.errors import BackendUnavailable, BadRequest, InternalError, ModelyardError, NotFound, Unavailable
+from modelyard.runtime.contract import (
+    COMPLETION,
+    CONTEXT_EXCEEDED,
+    CONTRACT_VERSION,
+    EMBEDDING,
+    INSERT,
+    MIN_CONTEXT,
+    THINKING,
+    TOOLS,
+    VISION,
+    Backend,
+    Completion,
+    Details,
+    Done,
+    Embeddings,
+    Event,
+    LoadedModel,
+    LoadSpec,
+    Logprobs,
+    ModelView,
+    NoSettings,
+    Remote,
+    TextDelta,
+    ThinkingDelta,
+    TokenLogprob,
+    ToolCallEvent,
+    cut_after,
+    final_assistant_text,
+    fit_context,
+    iterate_in_thread,
+    wait_uncancellable,
+)
+from modelyard.runtime.hookspecs import hookimpl
+from modelyard.runtime.messages import Message, ToolCall, ToolCallFunction
+from modelyard.runtime.options import Format, Options
+from modelyard.runtime.text import StopSequences
+
+__all__ = [
+    "COMPLETION",
+    "CONTEXT_EXCEEDED",
+    "CONTRACT_VERSION",
+    "EMBEDDING",
+    "INSERT",
+    "MIN_CONTEXT",
+    "THINKING",
+    "TOOLS",
+    "VISION",
+    "Backend",
+    "BackendUnavailable",
+    "BadRequest",
+    "Completion",
+    "Details",
+    "Done",
+    "Embeddings",
+    "Event",
+    "Format",
+    "InternalError",
+    "LoadSpec",
+    "LoadedModel",
+    "Logprobs",
+    "Message",
+    "ModelView",
+    "ModelyardError",
+    "NoSettings",
+    "NotFound",
+    "Options",
+    "Remote",
+    "StopSequences",
+    "TextDelta",
+    "ThinkingDelta",
+    "TokenLogprob",
+    "ToolCall",
+    "ToolCallEvent",
+    "ToolCallFunction",
+    "Unavailable",
+    "cut_after",
+    "final_assistant_text",
+    "fit_context",
+    "hookimpl",
+    "iterate_in_thread",
+    "wait_uncancellable",
+]
