@@ -44,6 +44,7 @@ from modelyard.runtime.hookspecs import hookimpl
 from modelyard.runtime.messages import Message, ToolCall, ToolCallFunction
 from modelyard.runtime.options import Format, Options
 from modelyard.runtime.text import StopSequences
+from modelyard.store.local import FolderView
 
 __all__ = [
     "COMPLETION",
@@ -63,6 +64,7 @@ __all__ = [
     "Done",
     "Embeddings",
     "Event",
+    "FolderView",
     "Format",
     "InternalError",
     "LoadSpec",

@@ -292,6 +292,10 @@ class Backend:
     async def load(self, model: ModelView, spec: LoadSpec) -> LoadedModel:
         raise NotImplementedError
 
+    def memory_estimate(self, model: ModelView, spec: LoadSpec) -> int:
+        """Bytes the model would take once loaded: the scheduler checks it against free memory first."""
+        return model.size
+
     def models(self) -> list[ModelView]:
         """Models this backend offers beyond the local store (listed, shown and run by name)."""
         return []
