@@ -1,31 +1,25 @@
-"""/api/generate and /api/chat: request validation in Ollama's order, then the stream of response chunks.
+"""The inference service: API-neutral generation over the catalog, the backends and the scheduler.
 
-Each request becomes one async generator of wire chunks. Everything that can fail with a status (bad
-input, unknown model, loading) happens before its first chunk; the server awaits that chunk before it
-opens the response, and the generator's `finally` closes the engine stream and releases the model.
+An API decodes its own request into a `GenerationRequest` and calls `generate` (a prompt) or `chat`
+(messages). Each returns an async generator of the contract's events ending in one `Done`, whose load,
+queue and total durations the service fills in. Everything that can fail with a status (bad input, an
+unknown model, loading) happens before the first event: an API awaits that event before it opens its
+response. Closing the generator closes the engine's stream and releases the lease.
+
+A load or unload request (no prompt) yields only `Done(reason="load")` or `Done(reason="unload")`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
 import msgspec
-from msgspec import UNSET
 
-from modelyard.api.ollama.wire import (
-    ChatRequest,
-    ChatResponse,
-    GenerateRequest,
-    GenerateResponse,
-    Message,
-    ResponseMessage,
-)
 from modelyard.errors import BadRequest, NotFound
 from modelyard.runtime.catalog import ModelCatalog
 from modelyard.runtime.contract import (
@@ -37,37 +31,49 @@ from modelyard.runtime.contract import (
     Backend,
     Completion,
     Done,
+    Event,
     ModelView,
-    TextDelta,
 )
-from modelyard.runtime.options import Format, Options, merge_options, parse_format, parse_keep_alive, parse_options
+from modelyard.runtime.messages import Message
+from modelyard.runtime.options import Format, Options, merge_options, parse_format, parse_options
 from modelyard.runtime.plugins import Backends
 from modelyard.runtime.scheduler import Lease, Scheduler
+from modelyard.store.names import ModelName
 from modelyard.templates.prompt import model_capabilities, render_go_template
 
 THINK_LEVELS = ("high", "medium", "low", "max")
 
 
-class UtcClock:
-    """Go's time.Now().UTC() in RFC 3339 with nanoseconds, trailing zeros trimmed.
+class GenerationRequest(msgspec.Struct, kw_only=True):
+    """One request, as any API hands it to the service (already decoded, not yet validated)."""
 
-    The seconds part is formatted once per second: this runs for every streamed token.
-    """
+    model: str
+    started: int  # time.perf_counter_ns() when the request arrived
+    prompt: str = ""  # generate: the user's text, rendered with the model's template unless raw
+    messages: list[Message] | None = None  # chat
+    system: str | None = None  # generate: overrides the model's SYSTEM
+    template: str | None = None  # generate: overrides the model's TEMPLATE
+    raw: bool = False  # generate: the prompt is used as is
+    suffix: str = ""
+    context: list[int] | None = None  # generate: token ids an earlier answer returned
+    images: list[str] = msgspec.field(default_factory=list)  # base64 (generate; chat has them in messages)
+    options: dict[str, Any] | None = None  # as the client sent them; checked here
+    format: Any = None  # as the client sent it; checked here
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    think: bool | str | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    keep_alive: float | None = None  # seconds (parsed by the API: each has its own syntax); None: the model's
+    truncate: bool = True
 
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
 
-    def now(self) -> str:
-        seconds, fraction = divmod(time.time_ns(), 1_000_000_000)
-        if seconds != self._second:
-            self._second = seconds
-            self._prefix = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        digits = f"{fraction:09d}".rstrip("0")
-        return f"{self._prefix}.{digits}Z" if digits else f"{self._prefix}Z"
+def full_name(model: ModelView) -> str:
+    """The fully qualified name Ollama's capability errors use: registry.ollama.ai/library/x:tag."""
+    return ModelName.parse(model.name).fully_qualified
 
 
-def _check_top_logprobs(value: int | None) -> None:
+def check_top_logprobs(value: int | None) -> None:
     if value is not None and not 0 <= value <= 20:
         raise BadRequest("top_logprobs must be between 0 and 20")
 
@@ -79,16 +85,18 @@ def _check_think(think: bool | str | None, model_field: str, capabilities: froze
         raise BadRequest(f'"{model_field}" does not support thinking')
 
 
-def _check_images(images: list[str], model_field: str, capabilities: frozenset[str]) -> None:
+def _decode_images(images: list[str], model_field: str, capabilities: frozenset[str]) -> list[bytes]:
     if not images:
-        return
+        return []
+    decoded = []
     for image in images:
         try:
-            base64.b64decode(image, validate=True)
+            decoded.append(base64.b64decode(image, validate=True))
         except (binascii.Error, ValueError) as exc:
             raise BadRequest(f"illegal base64 data in image: {exc}") from exc
     if VISION not in capabilities:
         raise BadRequest(f'"{model_field}" does not support images: the model has no vision capability')
+    return decoded
 
 
 class Inference:
@@ -97,10 +105,9 @@ class Inference:
         self.backends = backends
         self.scheduler = scheduler
         self.context_length = context_length  # num_ctx when neither the model nor the request sets it
-        self.clock = UtcClock()
 
     def find_model(self, requested: str, *, missing_is_not_found: bool) -> ModelView:
-        """The stored model a request names, with the errors of Ollama's generate/chat handlers."""
+        """The model a request names, with the errors of Ollama's generate/chat handlers."""
         if not requested:
             if missing_is_not_found:
                 raise NotFound("model '' not found")
@@ -111,164 +118,139 @@ class Inference:
         return model
 
     def _backend(
-        self, model: ModelView, requested: str, verb: str, think: bool | str | None, images: list[str]
+        self, model: ModelView, requested: str, verb: str, think: bool | str | None
     ) -> tuple[Backend, frozenset[str]]:
-        """The backend that runs the model, after the capability checks both endpoints share."""
+        """The backend that runs the model, after the capability checks both kinds of request share."""
         backend = self.backends.for_model(model)
         capabilities = model_capabilities(model, backend)
         if COMPLETION not in capabilities:
             raise BadRequest(f'"{requested}" does not support {verb}')
         _check_think(think, requested, capabilities)
-        _check_images(images, requested, capabilities)
         return backend, capabilities
 
     async def _lease(
-        self,
-        model: ModelView,
-        backend: Backend,
-        raw_options: dict[str, Any] | None,
-        raw_format: Any,
-        keep_alive: float | None,
+        self, model: ModelView, backend: Backend, request: GenerationRequest
     ) -> tuple[Lease, Options, Format]:
         """Options (defaults < model PARAMETERs < request) and format checked, then the model leased."""
-        request_options = parse_options(raw_options)
-        format_ = parse_format(raw_format)
-        declared = backend.parameters  # a backend's own Modelfile parameters
-        model_options = {key: value for key, value in model.parameters.items() if key not in declared}
+        request_options = parse_options(request.options)
+        format_ = parse_format(request.format)
+        own = backend.parameters  # the backend's own Modelfile parameters are not options
+        model_options = {key: value for key, value in model.parameters.items() if key not in own}
         options = merge_options({"num_ctx": self.context_length}, parse_options(model_options), request_options)
-        return await self.scheduler.acquire(model, backend, options, keep_alive), options, format_
+        return await self.scheduler.acquire(model, backend, options, request.keep_alive), options, format_
 
-    async def generate(self, request: GenerateRequest, started: int) -> AsyncGenerator[GenerateResponse]:
-        keep_alive = parse_keep_alive(request.keep_alive)
-        _check_top_logprobs(request.top_logprobs)
-        requested = request.model or ""
+    def _completion(self, request: GenerationRequest, options: Options, format_: Format) -> Completion:
+        return Completion(
+            options=options,
+            format=format_,
+            truncate=request.truncate,
+            think=request.think,
+            tools=request.tools or None,
+            tool_choice=request.tool_choice,
+            logprobs=request.logprobs,
+            top_logprobs=request.top_logprobs or 0,
+        )
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Event]:
+        """A completion of `request.prompt` (Ollama's /api/generate, OpenAI's /v1/completions)."""
+        check_top_logprobs(request.top_logprobs)
+        requested = request.model
         model = self.find_model(requested, missing_is_not_found=True)
-        prompt = request.prompt or ""
-
-        def chunk(text: str, **fields: Any) -> GenerateResponse:
-            return GenerateResponse(model=requested, created_at=self.clock.now(), response=text, **fields)
-
-        if not prompt and keep_alive == 0:
+        if not request.prompt and request.keep_alive == 0:
             await self.scheduler.unload(model)
-            yield chunk("", done=True, done_reason="unload")
+            yield _without_work("unload", request.started)
             return
         if request.raw and (request.template or request.system or request.context):
             raise BadRequest("raw mode does not support template, system, or context")
-        backend, capabilities = self._backend(model, requested, "generate", request.think, request.images or [])
+        backend, capabilities = self._backend(model, requested, "generate", request.think)
+        images = _decode_images(request.images, requested, capabilities)
         if request.suffix and INSERT not in capabilities:
-            raise BadRequest(f"{model.name} does not support insert")
-        lease, options, format_ = await self._lease(model, backend, request.options, request.format, keep_alive)
+            raise BadRequest(f"{full_name(model)} does not support insert")
+        lease, options, format_ = await self._lease(model, backend, request)
         try:
-            if not prompt:
-                yield chunk("", done=True, done_reason="load")
+            if not request.prompt:
+                yield _without_work("load", request.started, lease)
                 return
+            completion = self._completion(request, options, format_)
+            completion.images = images
             if request.raw:
-                completion = Completion(
-                    options=options, prompt=prompt, format=format_, truncate=request.truncate is not False
-                )
+                completion.prompt = request.prompt
             else:
                 system = request.system or model.system
                 messages = [Message(role="system", content=system)] if system else []
                 if request.context is None:
                     messages += model.messages
-                messages.append(Message(role="user", content=prompt))
-                completion = Completion(
-                    options=options,
-                    messages=messages,
-                    suffix=request.suffix or "",
-                    context=request.context,
-                    want_context=True,
-                    format=format_,
-                    truncate=request.truncate is not False,
-                )
+                messages.append(Message(role="user", content=request.prompt))
+                completion.messages = messages
+                completion.suffix = request.suffix
+                completion.context = request.context
+                completion.want_context = True
                 template = request.template or model.template
                 if template:
-                    completion.prompt = render_go_template(template, messages, suffix=request.suffix or "")
+                    completion.prompt = render_go_template(template, messages, suffix=request.suffix)
                     completion.messages, completion.conversation = None, messages
-            async with aclosing(lease.model.generate(completion)) as events:
-                async for event in events:
-                    if isinstance(event, TextDelta):
-                        yield chunk(event.text, done=False)
-                        continue
-                    yield chunk(
-                        "",
-                        done=True,
-                        done_reason=event.reason,
-                        context=event.context if event.context is not None else UNSET,
-                        **_stats(event, lease, started),
-                    )
+            async for event in self._run(lease, completion, request.started):
+                yield event
         finally:
             await lease.release()
 
-    async def chat(self, request: ChatRequest, started: int) -> AsyncGenerator[ChatResponse]:
-        keep_alive = parse_keep_alive(request.keep_alive)
-        _check_top_logprobs(request.top_logprobs)
-        requested = request.model or ""
+    async def chat(self, request: GenerationRequest) -> AsyncGenerator[Event]:
+        """An answer to `request.messages` (Ollama's /api/chat, OpenAI's /v1/chat/completions)."""
+        check_top_logprobs(request.top_logprobs)
+        requested = request.model
         model = self.find_model(requested, missing_is_not_found=False)
         messages = request.messages or []
-
-        def chunk(text: str, **fields: Any) -> ChatResponse:
-            return ChatResponse(
-                model=requested,
-                created_at=self.clock.now(),
-                message=ResponseMessage(role="assistant", content=text),
-                **fields,
-            )
-
-        if not messages and keep_alive == 0:
+        if not messages and request.keep_alive == 0:
             await self.scheduler.unload(model)
-            yield chunk("", done=True, done_reason="unload")
+            yield _without_work("unload", request.started)
             return
+        backend, capabilities = self._backend(model, requested, "chat", request.think)
         images = [image for message in messages for image in (message.images or [])]
-        backend, capabilities = self._backend(model, requested, "chat", request.think, images)
+        decoded = _decode_images(images, requested, capabilities)
         if request.tools and TOOLS not in capabilities:
-            raise BadRequest(f"{model.name} does not support tools")
-        lease, options, format_ = await self._lease(model, backend, request.options, request.format, keep_alive)
+            raise BadRequest(f"{full_name(model)} does not support tools")
+        lease, options, format_ = await self._lease(model, backend, request)
         try:
             if not messages:
-                yield chunk("", done=True, done_reason="load")
+                yield _without_work("load", request.started, lease)
                 return
             prompt_messages = list(model.messages) + messages
             if model.system and prompt_messages[0].role != "system":
                 prompt_messages.insert(0, Message(role="system", content=model.system))
-            completion = Completion(
-                options=options,
-                messages=prompt_messages,
-                format=format_,
-                tools=request.tools or None,
-                truncate=request.truncate is not False,
-            )
+            completion = self._completion(request, options, format_)
+            completion.images = decoded
+            completion.messages = prompt_messages
             if model.template:
                 completion.prompt = render_go_template(model.template, prompt_messages, request.tools)
                 completion.messages, completion.conversation = None, prompt_messages
-            async with aclosing(lease.model.generate(completion)) as events:
-                async for event in events:
-                    if isinstance(event, TextDelta):
-                        yield chunk(event.text, done=False)
-                    else:
-                        yield chunk("", done=True, done_reason=event.reason, **_stats(event, lease, started))
+            async for event in self._run(lease, completion, request.started):
+                yield event
         finally:
             await lease.release()
 
-
-def _stats(done: Done, lease: Lease, started: int) -> dict[str, int]:
-    return {
-        "total_duration": time.perf_counter_ns() - started,
-        "load_duration": lease.load_duration,
-        "prompt_eval_count": done.prompt_eval_count,
-        "prompt_eval_duration": done.prompt_eval_duration,
-        "eval_count": done.eval_count,
-        "eval_duration": done.eval_duration,
-    }
-
-
-def merge_generate(chunks: list[GenerateResponse]) -> GenerateResponse:
-    """The `stream: false` answer: the final chunk carrying the whole text."""
-    final = chunks[-1]
-    return msgspec.structs.replace(final, response="".join(c.response for c in chunks))
+    async def _run(self, lease: Lease, completion: Completion, started: int) -> AsyncGenerator[Event]:
+        """The engine's events, with the core's durations on the final Done."""
+        async with aclosing(lease.model.generate(completion)) as events:
+            async for event in events:
+                if type(event) is Done:
+                    event = msgspec.structs.replace(
+                        event,
+                        load_duration=lease.load_duration,
+                        queue_duration=lease.queue_duration,
+                        total_duration=time.perf_counter_ns() - started,
+                    )
+                yield event
 
 
-def merge_chat(chunks: list[ChatResponse]) -> ChatResponse:
-    final = chunks[-1]
-    content = "".join(c.message.content for c in chunks)
-    return msgspec.structs.replace(final, message=msgspec.structs.replace(final.message, content=content))
+def _without_work(reason: str, started: int, lease: Lease | None = None) -> Done:
+    """The Done of a request that only loads or unloads a model."""
+    return Done(
+        reason=reason,
+        prompt_eval_count=0,
+        prompt_eval_duration=0,
+        eval_count=0,
+        eval_duration=0,
+        load_duration=lease.load_duration if lease else 0,
+        queue_duration=lease.queue_duration if lease else 0,
+        total_duration=time.perf_counter_ns() - started,
+    )

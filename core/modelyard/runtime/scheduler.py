@@ -49,6 +49,7 @@ class Lease:
         self.scheduler = scheduler
         self.runner = runner
         self.load_duration = load_duration
+        self.queue_duration = 0  # ns waiting for the model's turn
         self._released = False
 
     @property

@@ -77,6 +77,19 @@ class ChatRequest(Request, kw_only=True):
     top_logprobs: int | None = None
 
 
+class TopLogprob(Response, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int] | UnsetType = UNSET
+
+
+class Logprob(Response, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int] | UnsetType = UNSET
+    top_logprobs: list[TopLogprob] | UnsetType = UNSET
+
+
 class GenerateResponse(Response, kw_only=True):
     model: str
     created_at: str
@@ -91,6 +104,8 @@ class GenerateResponse(Response, kw_only=True):
     prompt_eval_duration: int | UnsetType = UNSET
     eval_count: int | UnsetType = UNSET
     eval_duration: int | UnsetType = UNSET
+    tool_calls: list[ToolCall] | UnsetType = UNSET
+    logprobs: list[Logprob] | UnsetType = UNSET
 
 
 class ChatResponse(Response, kw_only=True):
@@ -99,6 +114,7 @@ class ChatResponse(Response, kw_only=True):
     message: ResponseMessage
     done: bool
     done_reason: str | UnsetType = UNSET
+    logprobs: list[Logprob] | UnsetType = UNSET
     total_duration: int | UnsetType = UNSET
     load_duration: int | UnsetType = UNSET
     prompt_eval_count: int | UnsetType = UNSET

@@ -1,0 +1,175 @@
+"""HTTP plumbing every API shares: body decoding, disconnect detection, streamed answers, the error table,
+and the Litestar app class. The CORS and Host guard is guard.py.
+
+Errors map by class to a status (errors.py); the body is Ollama's envelope `{"error": message}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Litestar, Request, Response
+from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
+from litestar.response import Stream
+
+from modelyard.api.ollama.wire import ErrorResponse
+from modelyard.errors import BadRequest, Canceled, ModelyardError
+from modelyard.store.gguf import GGUFError
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json; charset=utf-8"
+NDJSON = "application/x-ndjson"
+T = TypeVar("T")
+Body = TypeVar("Body", bound=msgspec.Struct)
+
+ENCODER = msgspec.json.Encoder()  # stateless, shared by every response
+
+
+def json_response(body: msgspec.Struct, status: int = 200) -> Response[bytes]:
+    return Response(ENCODER.encode(body), status_code=status, media_type=JSON)
+
+
+def error_response(message: str, status: int) -> Response[bytes]:
+    return json_response(ErrorResponse(error=message), status)
+
+
+async def decode_body(request: Request[Any, Any, Any], body_type: type[Body]) -> Body:
+    """The request body as `body_type`, whatever its Content-Type, with Ollama's 400s."""
+    raw = await request.body()
+    if not raw.strip():
+        raise BadRequest("missing request body")
+    if raw.strip() == b"null":  # Go decodes a literal null into an empty request
+        raw = b"{}"
+    try:
+        return msgspec.json.decode(raw, type=body_type)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest(str(exc)) from exc
+    except RecursionError:  # msgspec's depth limit, reached by any field, even one we ignore
+        raise BadRequest("request body is nested too deeply") from None
+
+
+async def until_disconnect(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (the ASGI `http.disconnect`)."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    raise Canceled("request canceled")
+
+
+async def ndjson_lines(first: msgspec.Struct, chunks: AsyncGenerator[msgspec.Struct]) -> AsyncIterator[bytes]:
+    """The stream body: one JSON object a line; an error after the first line becomes a last error line."""
+    buffer = bytearray()
+    try:
+        ENCODER.encode_into(first, buffer)
+        buffer.extend(b"\n")
+        yield bytes(buffer)
+        async for chunk in chunks:
+            ENCODER.encode_into(chunk, buffer)
+            buffer.extend(b"\n")
+            yield bytes(buffer)
+    except ModelyardError as exc:
+        yield ENCODER.encode(ErrorResponse(error=exc.message)) + b"\n"
+    except Exception as exc:
+        log.exception("error while streaming")
+        yield ENCODER.encode(ErrorResponse(error=str(exc))) + b"\n"
+    finally:
+        await chunks.aclose()
+
+
+async def respond(
+    request: Request[Any, Any, Any],
+    chunks: AsyncGenerator[Body],
+    stream: bool,
+    merge: Callable[[list[Body]], Body],
+) -> Response[Any]:
+    """A streamed or a single answer from the chunks of one request.
+
+    The first chunk is awaited here, so an error before it (bad input, unknown model, a failed load) gets
+    its real status; it also starts the generator, whose `finally` then runs however the client leaves.
+    """
+    try:
+        first = await until_disconnect(request, anext(chunks))
+    except StopAsyncIteration:
+        raise ModelyardError("no response was produced") from None
+    if stream and getattr(first, "done_reason", None) in ("load", "unload"):
+        await chunks.aclose()  # Ollama answers a load or unload with one JSON object even when streaming
+        return json_response(first)
+    if stream:
+        return Stream(ndjson_lines(first, chunks), media_type=NDJSON)
+
+    async def collect() -> list[Body]:
+        collected = [first]
+        async for chunk in chunks:
+            collected.append(chunk)
+        return collected
+
+    try:
+        return json_response(merge(await until_disconnect(request, collect())))
+    finally:
+        await chunks.aclose()
+
+
+def last_chunk(chunks: list[Body]) -> Body:
+    """`stream: false` on pull, push and create: the final status only."""
+    return chunks[-1]
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def handle_modelyard_error(_: Request[Any, Any, Any], exc: ModelyardError) -> Response[bytes]:
+    return error_response(exc.message, exc.status)
+
+
+def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if exc.status_code == 413:  # Litestar's body limit (request_max_body_size)
+        limit = request.route_handler.resolve_request_max_body_size()
+        return error_response(f"request body is larger than {limit} bytes (MODELYARD_MAX_BODY_SIZE)", 413)
+    if isinstance(exc, NotFoundException):
+        return Response("404 page not found", status_code=404, media_type="text/plain")
+    if isinstance(exc, MethodNotAllowedException):
+        return Response("405 method not allowed", status_code=405, media_type="text/plain")
+    return error_response(exc.detail, exc.status_code)
+
+
+def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    if isinstance(exc, GGUFError):
+        return error_response(str(exc), 500)
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(str(exc) or type(exc).__name__, 500)
+
+
+class App(Litestar):
+    """Litestar without the plugins it adds whenever pydantic or attrs is installed.
+
+    The app decodes and encodes with msgspec only; the pydantic plugin alone costs about half a second of
+    start-up and 20 MB (pydantic is there whenever the `ollama` client is).
+    """
+
+    @staticmethod
+    def _get_default_plugins(plugins: list[Any]) -> list[Any]:
+        from litestar.plugins.core import MsgspecDIPlugin
+
+        return [*plugins, MsgspecDIPlugin()]

@@ -1,0 +1,309 @@
+"""Ollama's REST API: its routes over the inference service, the store and the scheduler.
+
+Generate and chat decode Ollama's request, hand a neutral GenerationRequest to the inference service, and
+encode its events (encode.py) as NDJSON chunks or, with `stream: false`, as one joined answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+from litestar import Request, Response, delete, get, head, post
+from litestar.params import FromPath
+from litestar.response import Stream
+
+from modelyard import OLLAMA_API_VERSION
+from modelyard.api.http import (
+    ENCODER,
+    JSON,
+    NDJSON,
+    decode_body,
+    json_response,
+    last_chunk,
+    respond,
+    until_disconnect,
+)
+from modelyard.api.ollama.encode import ChatEncoder, GenerateEncoder
+from modelyard.api.ollama.models import describe_loaded, describe_model, list_models
+from modelyard.api.ollama.wire import (
+    ChatRequest,
+    CopyRequest,
+    CreateRequest,
+    DeleteRequest,
+    ErrorResponse,
+    GenerateRequest,
+    PullRequest,
+    PushRequest,
+    ShowRequest,
+    VersionResponse,
+)
+from modelyard.errors import BadRequest, ModelyardError, NotFound
+from modelyard.runtime.aggregate import Aggregate
+from modelyard.runtime.contract import Done, Event
+from modelyard.runtime.inference import GenerationRequest
+from modelyard.runtime.options import parse_keep_alive
+from modelyard.store.names import ModelName
+
+if TYPE_CHECKING:
+    from modelyard.store.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+class Encoder(Protocol):
+    def chunk(self, event: Event) -> msgspec.Struct | None: ...
+
+    def final(self, done: Done) -> msgspec.Struct: ...
+
+    def answer(self, aggregate: Aggregate) -> msgspec.Struct: ...
+
+
+async def ndjson_events(first: Event, events: AsyncGenerator[Event], encoder: Encoder) -> AsyncIterator[bytes]:
+    """The stream body: one chunk a line; an error after the first line becomes a last error line."""
+    buffer = bytearray()
+    try:
+        chunk = encoder.chunk(first)
+        if chunk is not None:
+            ENCODER.encode_into(chunk, buffer)
+            buffer.extend(b"\n")
+            yield bytes(buffer)
+        async for event in events:
+            chunk = encoder.chunk(event)
+            if chunk is not None:
+                ENCODER.encode_into(chunk, buffer)
+                buffer.extend(b"\n")
+                yield bytes(buffer)
+    except ModelyardError as exc:
+        yield ENCODER.encode(ErrorResponse(error=exc.message)) + b"\n"
+    except Exception as exc:
+        log.exception("error while streaming")
+        yield ENCODER.encode(ErrorResponse(error=str(exc))) + b"\n"
+    finally:
+        await events.aclose()
+
+
+async def respond_events(
+    request: Request[Any, Any, Any], events: AsyncGenerator[Event], stream: bool, encoder: Encoder
+) -> Response[Any]:
+    """A streamed or a joined answer from the events of one generation.
+
+    The first event is awaited here, so an error before it (bad input, unknown model, a failed load) gets
+    its real status; it also starts the generator, whose `finally` then runs however the client leaves.
+    """
+    try:
+        first = await until_disconnect(request, anext(events))
+    except StopAsyncIteration:
+        raise ModelyardError("no response was produced") from None
+    if isinstance(first, Done) and first.reason in ("load", "unload"):
+        await events.aclose()  # Ollama answers a load or unload with one JSON object even when streaming
+        return json_response(encoder.final(first))
+    if stream:
+        return Stream(ndjson_events(first, events, encoder), media_type=NDJSON)
+    try:
+        return json_response(encoder.answer(await until_disconnect(request, Aggregate.collect(first, events))))
+    finally:
+        await events.aclose()
+
+
+def services(request: Request[Any, Any, Any]) -> Any:
+    return request.app.state
+
+
+def registry(request: Request[Any, Any, Any]) -> Registry:
+    """The app's registry client, made on the first pull or push: httpx costs start-up time and memory."""
+    state = services(request)
+    if state.get("registry") is None:
+        from modelyard.store.registry import Registry
+
+        state.registry = Registry(state.store, prune=not state.settings.noprune)
+    return state.registry
+
+
+@get("/", media_type="text/plain; charset=utf-8")
+async def root() -> str:
+    return "Ollama is running"
+
+
+@head("/")
+async def root_head() -> Response[None]:
+    return Response(None, media_type="text/plain; charset=utf-8")
+
+
+@get("/api/version")
+async def version() -> Response[bytes]:
+    return json_response(VersionResponse(version=OLLAMA_API_VERSION))
+
+
+@head("/api/version")
+async def version_head() -> Response[None]:
+    return Response(None, media_type=JSON)
+
+
+@post("/api/generate", status_code=200)
+async def generate(request: Request[Any, Any, Any]) -> Response[Any]:
+    started = time.perf_counter_ns()
+    body = await decode_body(request, GenerateRequest)
+    keep_alive = parse_keep_alive(body.keep_alive)  # Ollama checks it before anything else
+    requested = body.model or ""
+    events = services(request).inference.generate(
+        GenerationRequest(
+            model=requested,
+            started=started,
+            prompt=body.prompt or "",
+            system=body.system,
+            template=body.template,
+            raw=bool(body.raw),
+            suffix=body.suffix or "",
+            context=body.context,
+            images=body.images or [],
+            options=body.options,
+            format=body.format,
+            think=body.think,
+            logprobs=bool(body.logprobs),
+            top_logprobs=body.top_logprobs,
+            keep_alive=keep_alive,
+            truncate=body.truncate is not False,
+        )
+    )
+    encoder = GenerateEncoder(requested, services(request).clock)
+    return await respond_events(request, events, body.stream is not False, encoder)
+
+
+@post("/api/chat", status_code=200)
+async def chat(request: Request[Any, Any, Any]) -> Response[Any]:
+    started = time.perf_counter_ns()
+    body = await decode_body(request, ChatRequest)
+    keep_alive = parse_keep_alive(body.keep_alive)
+    requested = body.model or ""
+    events = services(request).inference.chat(
+        GenerationRequest(
+            model=requested,
+            started=started,
+            messages=body.messages or [],
+            options=body.options,
+            format=body.format,
+            tools=body.tools,
+            think=body.think,
+            logprobs=bool(body.logprobs),
+            top_logprobs=body.top_logprobs,
+            keep_alive=keep_alive,
+            truncate=body.truncate is not False,
+        )
+    )
+    encoder = ChatEncoder(requested, services(request).clock)
+    return await respond_events(request, events, body.stream is not False, encoder)
+
+
+@get("/api/tags")
+async def tags(request: Request[Any, Any, Any]) -> Response[bytes]:
+    state = services(request)
+    # Clients poll this every few seconds. While the store is unchanged (a stat walk) the listing is the
+    # same list object and its encoded answer is reused; after a change, manifests and headers are read
+    # in a thread.
+    listing = state.store.cached_list()
+    answer = state.get("tags_answer")
+    if listing is None or answer is None or answer[0] is not listing:
+
+        def encode() -> tuple[list[Any], bytes]:
+            models = state.store.list()
+            return models, ENCODER.encode(list_models(state.store, state.backends, models))
+
+        answer = state.tags_answer = await asyncio.to_thread(encode)
+    return Response(answer[1], media_type=JSON)
+
+
+@head("/api/tags")
+async def tags_head() -> Response[None]:
+    return Response(None, media_type=JSON)
+
+
+@post("/api/show", status_code=200)
+async def show(request: Request[Any, Any, Any]) -> Response[bytes]:
+    body = await decode_body(request, ShowRequest)
+    requested = body.model or body.name
+    if not requested:
+        raise BadRequest("model is required")
+    name = ModelName.parse(requested)
+    state = services(request)
+    model = state.store.find(name)
+    if model is None:
+        raise NotFound(f"model '{name.display}' not found")
+    return json_response(await asyncio.to_thread(describe_model, model, state.backends, bool(body.verbose)))
+
+
+@post("/api/create", status_code=200)
+async def create(request: Request[Any, Any, Any]) -> Response[Any]:
+    body = await decode_body(request, CreateRequest)
+    chunks = services(request).management.create(body)
+    return await respond(request, chunks, body.stream is not False, last_chunk)
+
+
+@post("/api/pull", status_code=200)
+async def pull(request: Request[Any, Any, Any]) -> Response[Any]:
+    body = await decode_body(request, PullRequest)
+    chunks = registry(request).pull(body.model or body.name, bool(body.insecure))
+    return await respond(request, chunks, body.stream is not False, last_chunk)
+
+
+@post("/api/push", status_code=200)
+async def push(request: Request[Any, Any, Any]) -> Response[Any]:
+    body = await decode_body(request, PushRequest)
+    chunks = registry(request).push(body.model or body.name, bool(body.insecure))
+    return await respond(request, chunks, body.stream is not False, last_chunk)
+
+
+@post("/api/copy", status_code=200)
+async def copy(request: Request[Any, Any, Any]) -> Response[bytes]:
+    body = await decode_body(request, CopyRequest)
+    await asyncio.to_thread(services(request).management.copy, body.source, body.destination)
+    return Response(b"", media_type=JSON)
+
+
+@delete("/api/delete", status_code=200)
+async def delete_model(request: Request[Any, Any, Any]) -> Response[bytes]:
+    body = await decode_body(request, DeleteRequest)
+    await services(request).management.delete(body.model or body.name)
+    return Response(b"", media_type=JSON)
+
+
+@head("/api/blobs/{digest:str}")
+async def blob_head(request: Request[Any, Any, Any], digest: FromPath[str]) -> Response[None]:
+    exists = await asyncio.to_thread(services(request).management.blob_exists, digest)
+    return Response(None, status_code=200 if exists else 404, media_type=JSON)
+
+
+@post("/api/blobs/{digest:str}", status_code=201, request_max_body_size=None)  # models are large
+async def blob_upload(request: Request[Any, Any, Any], digest: FromPath[str]) -> Response[bytes]:
+    created = await services(request).management.receive_blob(digest, request.stream())
+    return Response(b"", status_code=201 if created else 200, media_type=JSON)
+
+
+@get("/api/ps")
+async def ps(request: Request[Any, Any, Any]) -> Response[bytes]:
+    return json_response(describe_loaded(services(request).scheduler))
+
+
+ROUTES = [
+    root,
+    root_head,
+    version,
+    version_head,
+    generate,
+    chat,
+    tags,
+    tags_head,
+    show,
+    ps,
+    create,
+    pull,
+    push,
+    copy,
+    delete_model,
+    blob_head,
+    blob_upload,
+]
