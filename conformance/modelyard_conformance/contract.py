@@ -15,14 +15,27 @@ from msgspec import UNSET, UnsetType
 
 
 class ToolCallFunction(msgspec.Struct, kw_only=True):
+    index: int = 0
     name: str
     arguments: dict[str, Any] = msgspec.field(default_factory=dict)
-    index: int = 0
 
 
 class ToolCall(msgspec.Struct, kw_only=True):
-    function: ToolCallFunction
     id: str | UnsetType = UNSET
+    function: ToolCallFunction
+
+
+class TopLogprob(msgspec.Struct, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int] | UnsetType = UNSET
+
+
+class Logprob(msgspec.Struct, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int] | UnsetType = UNSET
+    top_logprobs: list[TopLogprob] | UnsetType = UNSET
 
 
 class Message(msgspec.Struct, kw_only=True):
@@ -56,6 +69,8 @@ class GenerateResponse(msgspec.Struct, kw_only=True):
     prompt_eval_duration: int | UnsetType = UNSET
     eval_count: int | UnsetType = UNSET
     eval_duration: int | UnsetType = UNSET
+    tool_calls: list[ToolCall] | UnsetType = UNSET
+    logprobs: list[Logprob] | UnsetType = UNSET
 
 
 class ChatResponse(msgspec.Struct, kw_only=True):
@@ -64,6 +79,7 @@ class ChatResponse(msgspec.Struct, kw_only=True):
     message: ResponseMessage
     done: bool
     done_reason: str | UnsetType = UNSET
+    logprobs: list[Logprob] | UnsetType = UNSET
     total_duration: int | UnsetType = UNSET
     load_duration: int | UnsetType = UNSET
     prompt_eval_count: int | UnsetType = UNSET

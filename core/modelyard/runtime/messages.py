@@ -12,15 +12,17 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 
-class ToolCallFunction(msgspec.Struct, kw_only=True, omit_defaults=True):
+class ToolCallFunction(msgspec.Struct, kw_only=True):
+    """Always encoded whole, in Ollama's key order: index, name, arguments."""
+
+    index: int = 0
     name: str
     arguments: dict[str, Any] = msgspec.field(default_factory=dict)
-    index: int = 0
 
 
 class ToolCall(msgspec.Struct, kw_only=True, omit_defaults=True):
-    function: ToolCallFunction
     id: str | UnsetType = UNSET
+    function: ToolCallFunction
 
 
 class Message(msgspec.Struct, kw_only=True, omit_defaults=True):
