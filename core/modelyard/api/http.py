@@ -78,24 +78,32 @@ async def until_disconnect(request: Request[Any, Any, Any], work: Awaitable[T]) 
     raise Canceled("request canceled")
 
 
-async def ndjson_lines(first: msgspec.Struct, chunks: AsyncGenerator[msgspec.Struct]) -> AsyncIterator[bytes]:
-    """The stream body: one JSON object a line; an error after the first line becomes a last error line."""
+async def ndjson_lines(
+    first: Any, items: AsyncGenerator[Any], as_chunk: Callable[[Any], msgspec.Struct | None] | None = None
+) -> AsyncIterator[bytes]:
+    """The stream body: one JSON object a line (`as_chunk` turns an item into its chunk, None: no line); an
+    error after the first line becomes a last error line."""
     buffer = bytearray()
+
+    async def rest() -> AsyncIterator[Any]:
+        yield first
+        async for item in items:
+            yield item
+
     try:
-        ENCODER.encode_into(first, buffer)
-        buffer.extend(b"\n")
-        yield bytes(buffer)
-        async for chunk in chunks:
-            ENCODER.encode_into(chunk, buffer)
-            buffer.extend(b"\n")
-            yield bytes(buffer)
+        async for item in rest():
+            chunk = item if as_chunk is None else as_chunk(item)
+            if chunk is not None:
+                ENCODER.encode_into(chunk, buffer)
+                buffer.extend(b"\n")
+                yield bytes(buffer)
     except ModelyardError as exc:
         yield ENCODER.encode(ErrorResponse(error=exc.message)) + b"\n"
     except Exception as exc:
         log.exception("error while streaming")
         yield ENCODER.encode(ErrorResponse(error=str(exc))) + b"\n"
     finally:
-        await chunks.aclose()
+        await items.aclose()
 
 
 async def respond(
@@ -113,9 +121,6 @@ async def respond(
         first = await until_disconnect(request, anext(chunks))
     except StopAsyncIteration:
         raise ModelyardError("no response was produced") from None
-    if stream and getattr(first, "done_reason", None) in ("load", "unload"):
-        await chunks.aclose()  # Ollama answers a load or unload with one JSON object even when streaming
-        return json_response(first)
     if stream:
         return Stream(ndjson_lines(first, chunks), media_type=NDJSON)
 

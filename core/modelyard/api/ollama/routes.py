@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -25,6 +25,7 @@ from modelyard.api.http import (
     decode_body,
     json_response,
     last_chunk,
+    ndjson_lines,
     respond,
     until_disconnect,
 )
@@ -35,7 +36,6 @@ from modelyard.api.ollama.wire import (
     CopyRequest,
     CreateRequest,
     DeleteRequest,
-    ErrorResponse,
     GenerateRequest,
     PullRequest,
     PushRequest,
@@ -63,30 +63,6 @@ class Encoder(Protocol):
     def answer(self, aggregate: Aggregate) -> msgspec.Struct: ...
 
 
-async def ndjson_events(first: Event, events: AsyncGenerator[Event], encoder: Encoder) -> AsyncIterator[bytes]:
-    """The stream body: one chunk a line; an error after the first line becomes a last error line."""
-    buffer = bytearray()
-    try:
-        chunk = encoder.chunk(first)
-        if chunk is not None:
-            ENCODER.encode_into(chunk, buffer)
-            buffer.extend(b"\n")
-            yield bytes(buffer)
-        async for event in events:
-            chunk = encoder.chunk(event)
-            if chunk is not None:
-                ENCODER.encode_into(chunk, buffer)
-                buffer.extend(b"\n")
-                yield bytes(buffer)
-    except ModelyardError as exc:
-        yield ENCODER.encode(ErrorResponse(error=exc.message)) + b"\n"
-    except Exception as exc:
-        log.exception("error while streaming")
-        yield ENCODER.encode(ErrorResponse(error=str(exc))) + b"\n"
-    finally:
-        await events.aclose()
-
-
 async def respond_events(
     request: Request[Any, Any, Any], events: AsyncGenerator[Event], stream: bool, encoder: Encoder
 ) -> Response[Any]:
@@ -103,7 +79,7 @@ async def respond_events(
         await events.aclose()  # Ollama answers a load or unload with one JSON object even when streaming
         return json_response(encoder.final(first))
     if stream:
-        return Stream(ndjson_events(first, events, encoder), media_type=NDJSON)
+        return Stream(ndjson_lines(first, events, encoder.chunk), media_type=NDJSON)
     try:
         return json_response(encoder.answer(await until_disconnect(request, Aggregate.collect(first, events))))
     finally:
