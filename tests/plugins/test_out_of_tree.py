@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ollama
@@ -18,6 +19,16 @@ from modelyard_conformance.launcher import ServerProcess, free_port
 ROOT = Path(__file__).parents[2]
 OUT_OF_TREE = ROOT / "tests" / "fixtures" / "outoftree"
 MODEL = "smollm2:135m"
+
+
+@contextmanager
+def running(models: Path, env: dict[str, str]) -> Iterator[ServerProcess]:
+    """A started server, stopped (and its log closed) even when it fails to start."""
+    server = ServerProcess(models, env)
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
 
 
 def with_fixture_on_path(env: dict[str, str]) -> dict[str, str]:
@@ -31,7 +42,7 @@ def shout_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
     """shout for models named shout*, echo for the rest."""
     models = tmp_path_factory.mktemp("shout") / "models"
     env = with_fixture_on_path({"MODELYARD_BACKENDS": "shout,echo", "MODELYARD_BUNDLED_MODELS": MODEL})
-    with ServerProcess(models, env) as server:
+    with running(models, env) as server:
         yield server
 
 
@@ -75,7 +86,7 @@ def test_the_plugin_alone_serves_every_model(tmp_path):
     env = with_fixture_on_path(
         {"MODELYARD_BACKENDS": "shout", "MODELYARD_BUNDLED_MODELS": MODEL, "MODELYARD_SHOUT_PREFIX": ""}
     )
-    with ServerProcess(tmp_path / "models", env) as server:
+    with running(tmp_path / "models", env) as server:
         client = ollama.Client(host=server.url)
         try:
             assert client.generate(MODEL, "quiet words").response == "QUIET WORDS"
