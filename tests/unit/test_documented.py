@@ -314,3 +314,20 @@ def test_every_environment_variable_the_server_reads_is_documented():
     assert "OLLAMA_HOST" in read and "MODELYARD_ECHO_DELAY" in read  # the scan itself works
     missing = [f"{name} ({where})" for name, where in sorted(read.items()) if name not in rows]
     assert not missing, "docs/configuration.md has no table row for:\n" + "\n".join(missing)
+
+
+def test_the_echo_tutorial_quotes_the_echo_backend_as_it_is():
+    text = PLUGINS_DOC.read_text()
+    tutorial = text[text.index("## Tutorial: the echo backend") :]
+    tutorial = tutorial[: tutorial.find("\n## ", 1)]
+    blocks = re.findall(r"^```python\n(.*?)^```", tutorial, re.DOTALL | re.MULTILINE)
+    source = (ROOT / "plugins" / "modelyard_echo" / "__init__.py").read_text()
+    assert len(blocks) >= 4, "the echo tutorial in docs/plugins.md has lost its code blocks"
+    stale = [block.splitlines()[0] for block in blocks if block not in source]
+    assert not stale, (
+        "docs/plugins.md's echo tutorial quotes code that plugins/modelyard_echo/__init__.py no longer has, "
+        f"in the blocks starting: {stale}"
+    )
+    quoted = {node.name for block in blocks for node in ast.parse(block).body if hasattr(node, "name")}
+    defined = {node.name for node in ast.parse(source).body if hasattr(node, "name")}
+    assert defined <= quoted, f"the echo tutorial leaves out {', '.join(sorted(defined - quoted))}"
