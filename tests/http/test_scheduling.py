@@ -7,6 +7,9 @@ streaming when the others arrive, and a queue of one.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -69,3 +72,16 @@ def test_requests_beyond_the_queue_get_ollamas_503(server: ServerProcess) -> Non
     finally:
         stream.close()
         client._client.close()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("OLLAMA_NUM_PARALLEL", "two"), ("OLLAMA_MAX_LOADED_MODELS", "-1"), ("OLLAMA_MAX_QUEUE", "1.5")],
+)
+def test_serve_stops_on_an_invalid_scheduling_setting(variable: str, value: str, tmp_path) -> None:
+    env = {**os.environ, variable: value, "MODELYARD_MODELS": str(tmp_path), "OLLAMA_HOST": "127.0.0.1:0"}
+    serve = subprocess.run(
+        [sys.executable, "-m", "modelyard", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert serve.returncode == 1
+    assert f"Error: invalid {variable} {value!r}: expected a whole number, 0 or more" in serve.stderr

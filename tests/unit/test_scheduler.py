@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from modelyard.config import Settings
 from modelyard.errors import InternalError, NotFound, Unavailable
 from modelyard.plugin import Backend, LoadedModel, LoadSpec, ModelView
 from modelyard.runtime.contract import NoSettings
@@ -540,3 +541,26 @@ def test_close_fails_waiting_requests_and_unloads_everything() -> None:
         await running.release()  # a request that outlived the server ends quietly
 
     run(scenario)
+
+
+# --- settings ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, (1, 3, 512)),
+        ({"OLLAMA_NUM_PARALLEL": "0", "OLLAMA_MAX_LOADED_MODELS": "0", "OLLAMA_MAX_QUEUE": "0"}, (1, 3, 0)),
+        ({"OLLAMA_NUM_PARALLEL": "4", "OLLAMA_MAX_LOADED_MODELS": "2", "OLLAMA_MAX_QUEUE": " 16 "}, (4, 2, 16)),
+    ],
+)
+def test_scheduling_settings_follow_ollamas_variables(env: dict[str, str], expected: tuple[int, int, int]) -> None:
+    settings = Settings.from_env(env)
+    assert (settings.num_parallel, settings.max_loaded_models, settings.max_queue) == expected
+
+
+@pytest.mark.parametrize("variable", ["OLLAMA_NUM_PARALLEL", "OLLAMA_MAX_LOADED_MODELS", "OLLAMA_MAX_QUEUE"])
+@pytest.mark.parametrize("value", ["-1", "two", "2.5", "\u00b2"])
+def test_an_invalid_scheduling_setting_names_its_variable(variable: str, value: str) -> None:
+    with pytest.raises(ValueError, match=f"^invalid {variable} "):
+        Settings.from_env({variable: value})
