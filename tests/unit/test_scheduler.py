@@ -527,6 +527,43 @@ def test_a_failed_load_reaches_its_request_and_the_next_one_still_runs() -> None
     run(scenario)
 
 
+def test_a_failing_memory_estimate_fails_only_its_request() -> None:
+    class NoEstimate(FakeBackend):
+        def memory_estimate(self, model: ModelView, spec: LoadSpec) -> int:
+            raise InternalError(f"cannot size {model.name}")
+
+    async def scenario() -> None:
+        scheduler = Scheduler(300, free_memory=lambda: GiB)
+        with pytest.raises(InternalError, match="cannot size m"):
+            await scheduler.acquire(view("m"), NoEstimate(), options(), None)
+        assert scheduler.waiting == 0 and scheduler.loaded() == []
+        lease = await scheduler.acquire(view("m"), FakeBackend(), options(), None)
+        await lease.release()
+        await scheduler.close()
+
+    run(scenario)
+
+
+def test_the_request_whose_model_is_loading_is_not_counted_against_max_queue() -> None:
+    async def scenario() -> None:
+        backend = FakeBackend()
+        backend.gate = asyncio.Event()
+        scheduler = Scheduler(300, max_queue=1)
+        loading = start(scheduler.acquire(view("m"), backend, options(), None))
+        await quiet()
+        queued = start(scheduler.acquire(view("m"), backend, options(), None))
+        await quiet()
+        assert scheduler.waiting == 1
+        with pytest.raises(Unavailable):
+            await scheduler.acquire(view("m"), backend, options(), None)
+        backend.gate.set()
+        await (await loading).release()
+        await (await queued).release()
+        await scheduler.close()
+
+    run(scenario)
+
+
 def test_close_fails_waiting_requests_and_unloads_everything() -> None:
     async def scenario() -> None:
         backend = FakeBackend()

@@ -175,8 +175,8 @@ class _Slot:
 class _Pass:
     """What one dispatch pass learns as it walks the waiting requests in arrival order."""
 
-    def __init__(self, loading: bool) -> None:
-        self.loading = loading  # a load or eviction is under way: later loads wait for it
+    def __init__(self) -> None:
+        self.waiting_for_room = False  # an earlier request waits for room to load: later loads wait too
         self.draining: set[Runner] = set()  # runners that take no more requests: a load waits for them
 
 
@@ -215,6 +215,8 @@ class Scheduler:
         spec = msgspec.structs.replace(spec, parallel=max(1, min(self.num_parallel, backend.max_parallel)))
         key = self._key(model)
         slot = self._slots.setdefault(key, _Slot())
+        if self._waiting >= self.max_queue and (slot.waiters or slot.busy):
+            raise Unavailable(QUEUE_FULL)  # it would wait behind them: no need to look further
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         request = _Acquire(next(self._arrivals), model, backend, spec, keep_alive, future)
         slot.waiters.append(request)
@@ -321,7 +323,7 @@ class Scheduler:
         It never awaits: it is called after every change (arrival, release, load or unload done), and the
         loads and unloads it starts run as tasks that call it again when they end.
         """
-        state = _Pass(loading=any(slot.busy for slot in self._slots.values()))
+        state = _Pass()
         heads = [(slot.waiters[0].number, key) for key, slot in self._slots.items() if slot.waiters]
         heapq.heapify(heads)
         while heads:
@@ -361,16 +363,20 @@ class Scheduler:
                 waiter.load_started = waiter.load_started or time.perf_counter_ns()
                 self._start_unload(slot)
             return False
-        if state.loading:
-            return False  # loads go one at a time, in arrival order
+        if state.waiting_for_room or any(other.busy for other in self._slots.values()):
+            return False  # loads go one at a time, in arrival order, once other unloads have freed memory
         return self._load_when_room(slot, waiter, state)
 
     def _load_when_room(self, slot: _Slot, request: _Acquire, state: _Pass) -> bool:
         """Load the model if it fits; else evict, wait, or fail with Ollama's memory error."""
         others = {k: s for k, s in self._slots.items() if s is not slot and s.runner is not None}
         free = self.free_memory()
-        short = free is not None and request.memory_needed() > free
-        state.loading = True  # later loads wait for this one, whether it loads, evicts or waits
+        try:
+            short = free is not None and request.memory_needed() > free
+        except Exception as exc:  # the backend's estimate failed: that request fails, the others go on
+            self._pop(slot)
+            request.future.set_exception(exc)
+            return True
         if len(others) < self.max_loaded_models and not short:
             self._start_load(slot, request)
             return False
@@ -383,9 +389,9 @@ class Scheduler:
         if others:
             # Every loaded model is busy: the least recently used one finishes what it has, then goes.
             state.draining.add(min((self._runner(k) for k in others), key=lambda r: r.last_used))
+            state.waiting_for_room = True
             return False
         assert free is not None  # with nothing else loaded, only memory can be short
-        state.loading = False
         self._pop(slot)
         request.future.set_exception(
             InternalError(
