@@ -10,6 +10,7 @@ from pathlib import Path
 import msgspec
 
 from modelyard.runtime.options import parse_keep_alive_setting
+from modelyard.runtime.scheduler import DEFAULT_MAX_LOADED_MODELS, DEFAULT_MAX_QUEUE
 
 DEFAULT_PORT = 11434
 # Ollama reads bodies without a limit; a chat with several large images runs to tens of megabytes.
@@ -25,6 +26,16 @@ def parse_size(text: str) -> int | None:
         raise ValueError(f"invalid size {text!r}: expected bytes, optionally with KB, MB, GB, KiB, MiB or GiB")
     size = int(match.group(1)) * _SIZE_UNITS[unit]
     return size or None
+
+
+def parse_count(env: Mapping[str, str], name: str, default: int, zero: int) -> int:
+    """A whole-number setting such as OLLAMA_NUM_PARALLEL: `default` when unset, `zero` for 0."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"invalid {name} {text!r}: expected a whole number, 0 or more")
+    return int(text) or zero
 
 
 def parse_host(value: str | None) -> tuple[str, int]:
@@ -69,6 +80,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     origins: tuple[str, ...] = ()
     noprune: bool = False  # keep blobs no model uses any more
     max_body_size: int | None = DEFAULT_MAX_BODY_SIZE  # bytes of a request body (None: no limit)
+    num_parallel: int = 1  # requests one loaded model serves at once, where its backend allows it
+    max_loaded_models: int = DEFAULT_MAX_LOADED_MODELS  # loading one more evicts the least recently used
+    max_queue: int = DEFAULT_MAX_QUEUE  # requests that may wait for a model; more get 503
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -90,4 +104,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             max_body_size=parse_size(env["MODELYARD_MAX_BODY_SIZE"])
             if env.get("MODELYARD_MAX_BODY_SIZE")
             else DEFAULT_MAX_BODY_SIZE,
+            num_parallel=parse_count(env, "OLLAMA_NUM_PARALLEL", 1, zero=1),
+            max_loaded_models=parse_count(
+                env, "OLLAMA_MAX_LOADED_MODELS", DEFAULT_MAX_LOADED_MODELS, zero=DEFAULT_MAX_LOADED_MODELS
+            ),
+            # 0 is Ollama's unbuffered queue: a request that cannot start at once is turned away.
+            max_queue=parse_count(env, "OLLAMA_MAX_QUEUE", DEFAULT_MAX_QUEUE, zero=0),
         )

@@ -35,7 +35,12 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
     store = ModelStore(settings.models)
     manager = build_plugin_manager(extra_plugins, trace=settings.trace_hooks)
     backends = Backends.discover(manager, settings.backends)
-    scheduler = Scheduler(settings.keep_alive)
+    scheduler = Scheduler(
+        settings.keep_alive,
+        num_parallel=settings.num_parallel,
+        max_loaded_models=settings.max_loaded_models,
+        max_queue=settings.max_queue,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
