@@ -48,7 +48,7 @@ def stats(done: Done) -> dict[str, Any]:
         return {}
     return {
         "total_duration": done.total_duration,
-        "load_duration": done.load_duration,
+        "load_duration": done.queue_duration + done.load_duration,  # Ollama's covers scheduling too
         "prompt_eval_count": done.prompt_eval_count,
         "prompt_eval_duration": done.prompt_eval_duration,
         "eval_count": done.eval_count,
