@@ -18,7 +18,7 @@ from litestar.response import Stream
 
 from modelyard import OLLAMA_API_VERSION, __version__
 from modelyard.api.guard import guard_middleware
-from modelyard.api.ollama.models import describe_loaded, describe_model, list_models
+from modelyard.api.ollama.models import describe_loaded, show_model, tags_answer
 from modelyard.api.ollama.wire import (
     ChatRequest,
     CopyRequest,
@@ -32,16 +32,16 @@ from modelyard.api.ollama.wire import (
     VersionResponse,
 )
 from modelyard.config import Settings
-from modelyard.errors import BadRequest, Canceled, ModelyardError, NotFound
+from modelyard.errors import BadRequest, Canceled, ModelyardError
 from modelyard.runtime.catalog import ModelCatalog
 from modelyard.runtime.inference import Inference, merge_chat, merge_generate
 from modelyard.runtime.plugins import Backends, build_plugin_manager
 from modelyard.runtime.scheduler import Scheduler
 from modelyard.store.bundled import install_bundled_models
+from modelyard.store.formats import Formats
 from modelyard.store.gguf import GGUFError
 from modelyard.store.local import ModelStore
 from modelyard.store.manage import Management
-from modelyard.store.names import ModelName
 
 if TYPE_CHECKING:
     from modelyard.store.registry import Registry
@@ -218,19 +218,9 @@ async def chat(request: Request[Any, Any, Any]) -> Response[Any]:
 @get("/api/tags")
 async def tags(request: Request[Any, Any, Any]) -> Response[bytes]:
     state = services(request)
-    # Clients poll this every few seconds. While the store is unchanged (a stat walk) the listing is the
-    # same list object and its encoded answer is reused; after a change, manifests and headers are read
-    # in a thread.
-    listing = state.store.cached_list()
-    answer = state.get("tags_answer")
-    if listing is None or answer is None or answer[0] is not listing:
-
-        def encode() -> tuple[list[Any], bytes]:
-            models = state.store.list()
-            return models, _encoder.encode(list_models(state.store, state.backends, models))
-
-        answer = state.tags_answer = await asyncio.to_thread(encode)
-    return Response(answer[1], media_type=JSON)
+    # Clients poll this every few seconds: the encoded answer is reused while nothing changed.
+    state.tags_answer = await tags_answer(ModelCatalog(state.store, state.backends), state.get("tags_answer"))
+    return Response(state.tags_answer.body, media_type=JSON)
 
 
 @head("/api/tags")
@@ -241,15 +231,9 @@ async def tags_head() -> Response[None]:
 @post("/api/show", status_code=200)
 async def show(request: Request[Any, Any, Any]) -> Response[bytes]:
     body = await decode_body(request, ShowRequest)
-    requested = body.model or body.name
-    if not requested:
-        raise BadRequest("model is required")
-    name = ModelName.parse(requested)
     state = services(request)
-    model = state.store.find(name)
-    if model is None:
-        raise NotFound(f"model '{name.display}' not found")
-    return json_response(await asyncio.to_thread(describe_model, model, state.backends, bool(body.verbose)))
+    catalog = ModelCatalog(state.store, state.backends)
+    return json_response(await asyncio.to_thread(show_model, catalog, body.model or body.name, bool(body.verbose)))
 
 
 @post("/api/create", status_code=200)
@@ -349,8 +333,8 @@ class App(Litestar):
 def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ...] = ()) -> Litestar:
     """A server with its own store, backends and scheduler (no module state: tests make many)."""
     settings = settings or Settings.from_env()
-    store = ModelStore(settings.models)
     manager = build_plugin_manager(extra_plugins, trace=settings.trace_hooks)
+    store = ModelStore(settings.models, Formats.discover(manager))
     backends = Backends.discover(manager, settings.backends)
     scheduler = Scheduler(settings.keep_alive)
 

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pluggy
 
-from modelyard.errors import InternalError
+from modelyard.errors import BadRequest, InternalError
 from modelyard.runtime import hookspecs
 from modelyard.runtime.contract import Backend, ModelView
 
@@ -75,11 +75,14 @@ class Backends:
     ) -> Backends:
         classes: list[type[Backend]] = []
         manager.hook.register_backends(register=classes.append)
-        for backend_class in classes:
+        for backend_class in list(classes):
             if not (isinstance(backend_class, type) and issubclass(backend_class, Backend)):
-                raise ValueError(
-                    f"{backend_class!r} is not a backend: backends subclass modelyard.plugin.Backend (contract v2)"
-                )
+                # Written for another contract: named in MODELYARD_BACKENDS it stops the server, else it is left out.
+                problem = f"{backend_class!r} is not a backend: backends subclass modelyard.plugin.Backend (v2)"
+                if enabled is not None and getattr(backend_class, "name", None) in enabled:
+                    raise ValueError(problem)
+                log.warning("%s; left out", problem)
+                classes.remove(backend_class)
         # Real engines before fallbacks: the first backend that serves a model runs it.
         classes.sort(key=lambda backend_class: backend_class.priority)
         if enabled is not None:
@@ -98,6 +101,8 @@ class Backends:
         for backend in self.backends:
             if backend.serves(model):
                 return backend
+        if model.remote is not None:  # Ollama's answer for a remote model it will not forward to
+            raise BadRequest("this server cannot run this remote model")
         raise InternalError(f"no backend can run model '{model.name}' (format {model.format})")
 
     async def close(self) -> None:
