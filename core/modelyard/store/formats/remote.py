@@ -21,6 +21,7 @@ OLLAMA_PORT = 11434
 class RemoteFormat(ModelFormat):
     name = "remote"
     label = "remote"
+    priority = 10_000  # it detects no files: /api/create makes it from `from` and `remote_host`
 
     def details(self, model: StoredModel) -> Details:
         # As Ollama shows them: the config's words, so format is "" unless the creator set one.
