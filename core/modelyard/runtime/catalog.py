@@ -40,9 +40,10 @@ class ModelCatalog:
         wanted = name.folded()
         return next((view for view_name, view in self._offered() if view_name.folded() == wanted), None)
 
-    def offered(self) -> builtins.list[ModelView]:
-        """The models backends offer that the store does not hold, first offer of a name only."""
-        taken = {model.name.folded() for model in self.store.list()}
+    def offered(self, stored: builtins.list[StoredModel] | None = None) -> builtins.list[ModelView]:
+        """The models backends offer that the store does not hold (`stored`: its listing, when the caller
+        has it), first offer of a name only."""
+        taken = {model.name.folded() for model in (self.store.list() if stored is None else stored)}
         views = []
         for name, view in self._offered():
             if name.folded() not in taken:

@@ -55,7 +55,7 @@ def list_models(
     backends offer (asked unless `offered` is given)."""
     stored = store.list() if models is None else models
     if offered is None:
-        offered = ModelCatalog(store, backends).offered()
+        offered = ModelCatalog(store, backends).offered(stored)
     listed = [
         ListModel(
             name=model.name.display,
@@ -102,7 +102,7 @@ async def tags_answer(catalog: ModelCatalog, previous: TagsAnswer | None) -> Tag
     """/api/tags' body, the previous one when the store is unchanged (a stat walk) and the backends
     offer the same models; else manifests and headers are read again, in a thread."""
     listing = catalog.store.cached_list()
-    offered = catalog.offered() if listing is not None else None
+    offered = catalog.offered(listing) if listing is not None else None
     if (
         previous is not None
         and listing is not None
@@ -114,7 +114,7 @@ async def tags_answer(catalog: ModelCatalog, previous: TagsAnswer | None) -> Tag
 
     def encode() -> TagsAnswer:
         models = catalog.store.list()
-        fresh = catalog.offered()
+        fresh = catalog.offered(models)
         body = msgspec.json.encode(list_models(catalog.store, catalog.backends, models, fresh))
         return TagsAnswer(listing=models, offered=_offer_key(fresh), body=body)
 
