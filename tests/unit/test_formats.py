@@ -5,6 +5,7 @@ in a format no installed plugin reads, remote hosts as Ollama stores them."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import struct
 import subprocess
@@ -353,3 +354,25 @@ def test_remote_hosts_are_stored_as_ollama_stores_them(given, stored_as):
 def test_a_remote_host_that_cannot_be_read_is_a_bad_request():
     with pytest.raises(BadRequest, match="^bad remote$"):
         remote_url("http://gpu-box:port")
+
+
+def test_a_server_creates_lists_and_shows_models_of_a_plugins_format(tmp_path):
+    from litestar.testing import TestClient
+
+    from modelyard.config import Settings
+    from modelyard.server import create_app
+
+    toy = toy_file(tmp_path, family="toyish", parameters=7, template="<t>")
+    digest = "sha256:" + hashlib.sha256(toy.read_bytes()).hexdigest()
+    settings = Settings(models=tmp_path / "models", backends=("echo",), bundled_models=())
+    with TestClient(create_app(settings, extra_plugins=(ToyPlugin(),))) as client:
+        assert client.post(f"/api/blobs/{digest}", content=toy.read_bytes()).status_code == 201
+        created = client.post("/api/create", json={"model": "toy1", "files": {"toy.json": digest}})
+        assert [json.loads(line)["status"] for line in created.text.splitlines()][0] == "parsing toy model"
+        [listed] = client.get("/api/tags").json()["models"]
+        assert listed["details"]["format"] == "toy" and listed["details"]["parameter_size"] == "7 toys"
+        shown = client.post("/api/show", json={"model": "toy1"}).json()
+        assert shown["template"] == "<t>" and shown["model_info"] == {
+            "general.architecture": "toyish",
+            "toy.verbose": False,
+        }
