@@ -11,7 +11,6 @@ from typing import Any, ClassVar
 import httpx
 import ollama
 import pytest
-from conftest import SMOLLM2
 from litestar.testing import TestClient
 
 from modelyard.config import Settings
@@ -31,6 +30,7 @@ from modelyard.plugin import (
 from modelyard.server import create_app
 from modelyard_conformance.launcher import ServerProcess
 
+SMOLLM2 = "smollm2:135m"
 OFFERED = "far/away:7b"
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 
