@@ -2,7 +2,8 @@
 
     from modelyard.plugin import Backend, LoadedModel, ModelView, LoadSpec, Completion, hookimpl, ...
 
-docs/plugins.md walks through writing one; the echo backend (plugins/modelyard_echo) is the example.
+docs/plugins.md walks through writing one; the echo backend (plugins/modelyard_echo) is the example. A plugin
+that stores a new kind of model files registers a `ModelFormat` (the onnx plugin's format.py is the example).
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ from modelyard.runtime.hookspecs import hookimpl
 from modelyard.runtime.messages import Message, ToolCall, ToolCallFunction
 from modelyard.runtime.options import Format, Options
 from modelyard.runtime.text import StopSequences
-from modelyard.store.local import FolderView
+from modelyard.store.formats import Blob, ModelFormat, NewModel
+from modelyard.store.gguf import human_number
+from modelyard.store.local import TITLE_ANNOTATION, FolderView, Layer, ModelConfig, StoredModel
 
 __all__ = [
     "COMPLETION",
@@ -54,11 +57,13 @@ __all__ = [
     "INSERT",
     "MIN_CONTEXT",
     "THINKING",
+    "TITLE_ANNOTATION",
     "TOOLS",
     "VISION",
     "Backend",
     "BackendUnavailable",
     "BadRequest",
+    "Blob",
     "Completion",
     "Details",
     "Done",
@@ -67,17 +72,22 @@ __all__ = [
     "FolderView",
     "Format",
     "InternalError",
+    "Layer",
     "LoadSpec",
     "LoadedModel",
     "Logprobs",
     "Message",
+    "ModelConfig",
+    "ModelFormat",
     "ModelView",
     "ModelyardError",
+    "NewModel",
     "NoSettings",
     "NotFound",
     "Options",
     "Remote",
     "StopSequences",
+    "StoredModel",
     "TextDelta",
     "ThinkingDelta",
     "TokenLogprob",
@@ -89,6 +99,7 @@ __all__ = [
     "final_assistant_text",
     "fit_context",
     "hookimpl",
+    "human_number",
     "iterate_in_thread",
     "wait_uncancellable",
 ]

@@ -23,6 +23,7 @@ from modelyard.runtime.inference import Inference
 from modelyard.runtime.plugins import Backends, build_plugin_manager
 from modelyard.runtime.scheduler import Scheduler
 from modelyard.store.bundled import install_bundled_models
+from modelyard.store.formats import Formats
 from modelyard.store.local import ModelStore
 from modelyard.store.manage import Management
 
@@ -32,9 +33,10 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ...] = ()) -> Litestar:
     """A server with its own store, backends and scheduler (no module state: tests make many)."""
     settings = settings or Settings.from_env()
-    store = ModelStore(settings.models)
     manager = build_plugin_manager(extra_plugins, trace=settings.trace_hooks)
+    store = ModelStore(settings.models, Formats.discover(manager))
     backends = Backends.discover(manager, settings.backends)
+    catalog = ModelCatalog(store, backends)
     scheduler = Scheduler(
         settings.keep_alive,
         num_parallel=settings.num_parallel,
@@ -72,7 +74,8 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
                 "store": store,
                 "backends": backends,
                 "scheduler": scheduler,
-                "inference": Inference(ModelCatalog(store, backends), backends, scheduler, settings.context_length),
+                "catalog": catalog,
+                "inference": Inference(catalog, backends, scheduler, settings.context_length),
                 "management": Management(store, backends, scheduler, prune=not settings.noprune),
                 "registry": None,  # see registry()
                 "plugin_manager": manager,

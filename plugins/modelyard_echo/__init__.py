@@ -45,7 +45,7 @@ class EchoBackend(Backend):
     settings: EchoSettings
 
     def serves(self, model: ModelView) -> bool:
-        return True
+        return model.remote is None  # a model on another server is for a backend that forwards to it
 
     async def load(self, model: ModelView, spec: LoadSpec) -> EchoModel:
         return EchoModel(self.settings.delay, spec.context_length)

@@ -18,16 +18,10 @@ import pytest
 from conftest import TINY, create_from_folder, upload_folder
 from support.registry import LocalRegistry
 
-from modelyard.store.local import (
-    ONNX_FILE_MEDIA_TYPE,
-    TITLE_ANNOTATION,
-    Manifest,
-    ModelConfig,
-    ModelStore,
-    onnx_model_config,
-)
+from modelyard.store.local import TITLE_ANNOTATION, Manifest, ModelConfig, ModelStore
 from modelyard.store.names import ModelName
 from modelyard_conformance.launcher import ServerProcess
+from modelyard_onnx.format import ONNX_FILE_MEDIA_TYPE, onnx_model_config
 
 FILES = [
     "chat_template.jinja",
@@ -99,10 +93,10 @@ def test_parameter_count_and_precision_come_from_the_graph(tiny_folder):
 
 def test_model_info_and_template_for_show(onnx_server, tiny_folder):
     model = store_of(onnx_server).find(ModelName.parse(TINY))
-    info = model.onnx_model_info()
+    info = model.model_info(verbose=False)
     assert info["general.architecture"] == "llama" and info["general.parameter_count"] == 3_219_776
     assert (info["llama.context_length"], info["llama.embedding_length"], info["llama.block_count"]) == (8192, 64, 2)
-    assert model.folder_chat_template == (tiny_folder / "chat_template.jinja").read_text()
+    assert model.chat_template == (tiny_folder / "chat_template.jinja").read_text()
 
 
 def test_cli_create_from_a_folder_with_parameters(onnx_server, tiny_folder, tmp_path):

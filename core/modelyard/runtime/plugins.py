@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pluggy
 
-from modelyard.errors import InternalError
+from modelyard.errors import BadRequest, InternalError
 from modelyard.runtime import hookspecs
 from modelyard.runtime.contract import Backend, ModelView
 
@@ -101,6 +101,8 @@ class Backends:
         for backend in self.backends:
             if backend.serves(model):
                 return backend
+        if model.remote is not None:  # Ollama's answer for a remote model it will not forward to
+            raise BadRequest("this server cannot run this remote model")
         raise InternalError(f"no backend can run model '{model.name}' (format {model.format})")
 
     async def close(self) -> None:

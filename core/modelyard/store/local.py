@@ -12,23 +12,24 @@ import builtins
 import datetime as dt
 import hashlib
 import logging
-import mmap
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from modelyard.api.ollama.wire import ModelDetails
-from modelyard.runtime.contract import Details, ModelView
+from modelyard.runtime.contract import Details, ModelView, Remote
 from modelyard.runtime.messages import Message
-from modelyard.store.gguf import GGUFHeader, human_number, read_header
+from modelyard.store.gguf import GGUFHeader, read_header
 from modelyard.store.names import ModelName
+
+if TYPE_CHECKING:
+    from modelyard.store.formats import Formats, ModelFormat
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,8 @@ PARAMS_MEDIA_TYPE = "application/vnd.ollama.image.params"
 LICENSE_MEDIA_TYPE = "application/vnd.ollama.image.license"
 MESSAGES_MEDIA_TYPE = "application/vnd.ollama.image.messages"
 ADAPTER_MEDIA_TYPE = "application/vnd.ollama.image.adapter"
-# One file of a model folder (ONNX Runtime GenAI); its relative path is the layer's title annotation.
-ONNX_FILE_MEDIA_TYPE = "application/vnd.modelyard.onnx.file"
+# A layer that stands for one file of a model folder has its relative path as this annotation.
 TITLE_ANNOTATION = "org.opencontainers.image.title"
-ONNX_CONFIG_FILE = "genai_config.json"
 
 DIGEST_PATTERN = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
 
@@ -84,6 +83,8 @@ class ModelConfig(msgspec.Struct, omit_defaults=True):
     model_families: list[str] | None = None
     model_type: str = ""
     file_type: str = ""
+    remote_host: str = ""  # a model served by another server: its base URL ("http://gpu-box:11434")
+    remote_model: str = ""  # and the model's name there
     architecture: str = ""
     os: str = ""
     rootfs: RootFS = msgspec.field(default_factory=RootFS)
@@ -135,7 +136,7 @@ def go_time(moment: dt.datetime) -> str:
 
 
 class StoredModel:
-    """One manifest of the store and what its layers say."""
+    """One manifest of the store and what its layers say; its format (store/formats) reads the files."""
 
     def __init__(self, store: ModelStore, name: ModelName, manifest_path: Path) -> None:
         self.store = store
@@ -147,11 +148,12 @@ class StoredModel:
         self.modified_at = dt.datetime.fromtimestamp(manifest_path.stat().st_mtime).astimezone()
         self.config = msgspec.json.decode(store.blob_path(self.manifest.config.digest).read_bytes(), type=ModelConfig)
 
-    def _layer(self, media_type: str) -> Layer | None:
+    def layer(self, media_type: str) -> Layer | None:
+        """The first layer of this media type, if any."""
         return next((layer for layer in self.manifest.layers if layer.mediaType == media_type), None)
 
     def _layer_text(self, media_type: str) -> str | None:
-        layer = self._layer(media_type)
+        layer = self.layer(media_type)
         return None if layer is None else self.store.blob_path(layer.digest).read_text(encoding="utf-8")
 
     @property
@@ -160,69 +162,55 @@ class StoredModel:
 
     @property
     def format(self) -> str:
+        """The format's name: "remote" for a model on another server, else the config's (GGUF by default)."""
+        if self.config.remote_host:
+            return "remote"
         return self.config.model_format or "gguf"
+
+    @cached_property
+    def model_format(self) -> ModelFormat:
+        """The format that reads this model's files (one that knows only the config when not installed)."""
+        return self.store.formats.get(self.format)
+
+    @property
+    def remote(self) -> Remote | None:
+        config = self.config
+        return Remote(host=config.remote_host, model=config.remote_model) if config.remote_host else None
 
     @property
     def model_path(self) -> Path:
-        """The weights file: the GGUF, or the graph (`model.onnx`) of an ONNX model."""
-        layer = self._layer(MODEL_MEDIA_TYPE)
-        if layer is None and self.format == "onnx":
-            files = self.files
-            graph = self.onnx_config.get("model", {}).get("decoder", {}).get("filename", "model.onnx")
-            if graph in files:
-                return files[graph]
-        if layer is None:
+        """The weights file (the GGUF, or an ONNX folder's graph), as the Modelfile's FROM names it."""
+        path = self.model_format.model_path(self)
+        if path is None:
             raise FileNotFoundError(f"{self.name.display} has no model layer")
-        return self.store.blob_path(layer.digest)
+        return path
+
+    @cached_property
+    def titled_files(self) -> dict[str, Path]:
+        """The layers that stand for a file of a model folder (titled with its relative path) -> blob."""
+        return {layer.title: self.store.blob_path(layer.digest) for layer in self.manifest.layers if layer.title}
 
     @cached_property
     def files(self) -> dict[str, Path]:
-        """The files of a model folder (ONNX): relative path -> blob."""
-        return {
-            layer.title: self.store.blob_path(layer.digest)
-            for layer in self.manifest.layers
-            if layer.mediaType == ONNX_FILE_MEDIA_TYPE and layer.title
-        }
+        """The model's files by name, as backends open them (ModelView.files)."""
+        return self.model_format.files(self)
 
     @cached_property
-    def onnx_config(self) -> dict[str, Any]:
-        """genai_config.json of an ONNX model ({} for other models)."""
-        path = self.files.get(ONNX_CONFIG_FILE)
-        return msgspec.json.decode(path.read_bytes()) if path else {}
+    def metadata(self) -> Mapping[str, Any]:
+        """What the model's files say about it: a GGUF header's metadata, an ONNX folder's genai_config.json."""
+        return self.model_format.metadata(self)
 
     @cached_property
-    def folder_chat_template(self) -> str:
-        """A model folder's chat template: chat_template.jinja, else tokenizer_config.json's ("" if none)."""
-        files = self.files
-        if "chat_template.jinja" in files:
-            return files["chat_template.jinja"].read_text(encoding="utf-8")
-        if "tokenizer_config.json" in files:
-            try:
-                template = msgspec.json.decode(files["tokenizer_config.json"].read_bytes()).get("chat_template")
-            except (msgspec.DecodeError, AttributeError):
-                return ""
-            return template if isinstance(template, str) else ""
-        return ""
+    def chat_template(self) -> str:
+        """The chat template the model's files carry ("" if none); a Modelfile TEMPLATE is `template`."""
+        return self.model_format.chat_template(self)
 
-    def onnx_model_info(self) -> dict[str, Any]:
-        """/api/show's model_info for an ONNX model, under the GGUF key names clients read."""
-        model = self.onnx_config.get("model", {})
-        decoder = model.get("decoder", {})
-        family = self.config.model_family or str(model.get("type", ""))
-        graphs = [path for name, path in self.files.items() if name.endswith(".onnx")]
-        info: dict[str, Any] = {
-            "general.architecture": family,
-            "general.parameter_count": sum(sum(_read_onnx(path).parameters.values()) for path in graphs),
-            f"{family}.context_length": model.get("context_length"),
-            f"{family}.embedding_length": decoder.get("hidden_size"),
-            f"{family}.block_count": decoder.get("num_hidden_layers"),
-            f"{family}.attention.head_count": decoder.get("num_attention_heads"),
-            f"{family}.attention.head_count_kv": decoder.get("num_key_value_heads"),
-            f"{family}.vocab_size": model.get("vocab_size"),
-            "tokenizer.ggml.bos_token_id": model.get("bos_token_id"),
-            "tokenizer.ggml.eos_token_id": model.get("eos_token_id"),
-        }
-        return {key: value for key, value in info.items() if value is not None}
+    def model_info(self, verbose: bool) -> dict[str, Any]:
+        """/api/show's model_info."""
+        return self.model_format.model_info(self, verbose)
+
+    def details(self) -> Details:
+        return self.model_format.details(self)
 
     def folder_view(self) -> FolderView:
         """The model's files under their own names in a temporary folder, as links to the blobs.
@@ -235,14 +223,8 @@ class StoredModel:
     @property
     def adapter_path(self) -> Path | None:
         """A LoRA adapter (Modelfile ADAPTER), if the model has one."""
-        layer = self._layer(ADAPTER_MEDIA_TYPE)
+        layer = self.layer(ADAPTER_MEDIA_TYPE)
         return None if layer is None else self.store.blob_path(layer.digest)
-
-    @cached_property
-    def gguf(self) -> GGUFHeader:
-        layer = self._layer(MODEL_MEDIA_TYPE)
-        assert layer is not None  # only models with weights are read as GGUF
-        return self.store.gguf_header(layer.digest)
 
     @cached_property
     def template(self) -> str | None:
@@ -272,50 +254,23 @@ class StoredModel:
         text = self._layer_text(MESSAGES_MEDIA_TYPE)
         return msgspec.json.decode(text, type=list[Message]) if text else []
 
-    def details(self) -> ModelDetails:
-        config = self.config
-        if (config.model_family and config.model_type) or self.format != "gguf":
-            return ModelDetails(
-                parent_model="",
-                format=self.format,
-                family=config.model_family,
-                families=config.model_families,
-                parameter_size=config.model_type,
-                quantization_level=config.file_type,
-            )
-        header = self.gguf
-        return ModelDetails(
-            parent_model="",
-            format=self.format,
-            family=header.architecture,
-            families=[header.architecture],
-            parameter_size=human_number(header.parameter_count),
-            quantization_level=header.file_type,
-        )
-
     @cached_property
     def view(self) -> ModelView:
-        """What backends and the runtime see of this model (contract.ModelView)."""
-        if self.format == "gguf":
-            files = {"model": self.model_path}
-            if self.adapter_path is not None:
-                files["adapter"] = self.adapter_path
-            metadata: Any = lambda: self.gguf.metadata  # noqa: E731 (read when a backend asks)
-        else:
-            files = dict(self.files)
-            metadata = lambda: self.onnx_config  # noqa: E731
+        """What backends and the runtime see of this model (contract.ModelView); files and metadata come
+        from its format, the metadata read when a backend first asks."""
         return ModelView(
             name=self.name.display,
             format=self.format,
             digest=self.digest,
             size=self.size,
-            files=files,
-            metadata=metadata,
+            files=self.files,
+            metadata=lambda: self.metadata,
             template=self.template,
             system=self.system,
             parameters=self.parameters,
             messages=self.messages,
-            details=lambda: msgspec.convert(msgspec.to_builtins(self.details()), Details),
+            remote=self.remote,
+            details=self.details,
         )
 
     def is_complete(self) -> bool:
@@ -373,13 +328,23 @@ def _link(target: Path, link: Path) -> None:
 
 
 class ModelStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, formats: Formats | None = None) -> None:
         self.root = root
+        self._formats = formats
         self.manifests = root / "manifests"
         self.blobs = root / "blobs"
         self._headers: dict[str, GGUFHeader] = {}
         # The last listing and the stat signature it was read under (see list()).
         self._listing: tuple[tuple[Any, ...], list[StoredModel]] | None = None
+
+    @cached_property
+    def formats(self) -> Formats:
+        """The formats models are read with: the server's, else those of the installed plugins."""
+        if self._formats is not None:
+            return self._formats
+        from modelyard.store.formats import Formats
+
+        return Formats.installed()
 
     def blob_path(self, digest: str) -> Path:
         return self.blobs / blob_name(digest)
@@ -551,237 +516,8 @@ class ModelStore:
 
     def config_for_gguf(self, model_layer: Layer) -> Layer:
         """The config blob Ollama writes for a GGUF model, with details read from the file."""
-        header = self.gguf_header(model_layer.digest)
-        config = ModelConfig(
-            model_format="gguf",
-            model_family=header.architecture,
-            model_families=[header.architecture],
-            model_type=human_number(header.parameter_count),
-            file_type=header.file_type,
-            architecture="amd64",
-            os="linux",
-            rootfs=RootFS(diff_ids=[model_layer.digest]),
-        )
+        from modelyard.store.formats.gguf import gguf_config
+
+        config = gguf_config(self.gguf_header(model_layer.digest), model_layer.digest)
         layer = self.write_blob(msgspec.json.encode(config))
         return Layer(mediaType=CONFIG_MEDIA_TYPE, digest=layer.digest, size=layer.size)
-
-
-# --- ONNX Runtime GenAI folders ------------------------------------------------------------------
-
-
-def onnx_layers(store: ModelStore, files: dict[str, str]) -> list[Layer]:
-    """One layer per file of a model folder (relative path -> digest), titled by its path, sorted."""
-    return [
-        Layer(
-            mediaType=ONNX_FILE_MEDIA_TYPE,
-            digest=digest,
-            size=store.blob_path(digest).stat().st_size,
-            annotations={TITLE_ANNOTATION: path},
-        )
-        for path, digest in sorted(files.items())
-    ]
-
-
-def onnx_model_config(files: dict[str, Path]) -> ModelConfig:
-    """The config blob of an ONNX GenAI folder (relative path -> file): family from genai_config.json,
-    parameter count and precision read from the ONNX graphs.
-
-    ValueError, with a message for the client, when the folder is not one ONNX Runtime GenAI can load.
-    """
-    try:
-        genai = msgspec.json.decode(files[ONNX_CONFIG_FILE].read_bytes())
-        model = genai["model"]
-        family = str(model["type"])
-    except (KeyError, TypeError, msgspec.DecodeError) as exc:
-        raise ValueError(
-            f"{ONNX_CONFIG_FILE} is not an ONNX Runtime GenAI config (it needs model.type): {exc}"
-        ) from None
-    graphs = [path for path in files if path.endswith(".onnx")]
-    named = [
-        section["filename"]
-        for section in model.values()
-        if isinstance(section, dict) and isinstance(section.get("filename"), str)
-    ]
-    for path in named:
-        if path not in files:
-            raise ValueError(f"{ONNX_CONFIG_FILE} names {path}, which is not among the files")
-    if not graphs:
-        raise ValueError("the folder has no .onnx model file")
-    counts: dict[str, int] = {}
-    for graph in graphs:
-        summary = _read_onnx(files[graph])
-        for location in summary.external:
-            wanted = (Path(graph).parent / location).as_posix().removeprefix("./")
-            if wanted not in files:
-                raise ValueError(f"{graph} keeps its weights in {wanted}, which is not among the files")
-        for precision, count in summary.parameters.items():
-            counts[precision] = counts.get(precision, 0) + count
-    total = sum(counts.values())
-    decoder = model.get("decoder", {}) if isinstance(model.get("decoder"), dict) else {}
-    return ModelConfig(
-        model_format="onnx",
-        model_family=family,
-        model_families=[family],
-        model_type=human_number(total) if total else "unknown",
-        file_type=max(counts, key=counts.__getitem__) if counts else "unknown",
-        architecture="amd64",
-        os="linux",
-        context_length=int(model.get("context_length") or 0),
-        embedding_length=int(decoder.get("hidden_size") or 0),
-    )
-
-
-# ONNX TensorProto data types -> precision names.
-_ONNX_WEIGHT_TYPES = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64", 3: "int8", 2: "uint8"}
-_SKIPPED_INITIALIZERS = ("cos_cache", "sin_cache")
-
-
-class _OnnxSummary(msgspec.Struct):
-    parameters: dict[str, int]  # precision -> parameters stored in it
-    external: set[str]  # external data files the graph reads
-
-
-def _read_onnx(path: Path) -> _OnnxSummary:
-    """Parameters by precision and external data files of an ONNX model, from its protobuf.
-
-    Only the fields needed are read (graph nodes, their attributes, initializer names, types and
-    shapes); tensor payloads are skipped, so a model with embedded weights costs no copy.
-    """
-    with open(path, "rb") as file:
-        if os.fstat(file.fileno()).st_size == 0:
-            raise ValueError(f"{path.name} is empty")
-        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            data = memoryview(mapped)
-            try:
-                return _summarise(data)
-            except (IndexError, ValueError) as exc:
-                raise ValueError(f"an .onnx file is not a valid ONNX model: {exc}") from None
-            finally:
-                data.release()
-
-
-def _summarise(data: memoryview) -> _OnnxSummary:
-    graph = next((value for number, value in _fields(data, 0, len(data)) if number == 7), None)
-    if not isinstance(graph, tuple):
-        raise ValueError("no graph")
-    nodes, initializers = [], {}
-    for number, value in _fields(data, *graph):
-        if number == 1:
-            nodes.append(_node(data, value))
-        elif number == 5:
-            name, data_type, dims, location = _tensor(data, value)
-            initializers[name] = (data_type, dims, location)
-    parameters: dict[str, int] = {}
-    accounted: set[str] = set()
-
-    def add(precision: str, count: int) -> None:
-        parameters[precision] = parameters.get(precision, 0) + count
-
-    for op_type, inputs, attributes in nodes:
-        if op_type == "MatMulNBits":
-            add(f"int{attributes.get('bits', 4)}", attributes.get("K", 0) * attributes.get("N", 0))
-            accounted.update(inputs[1:4])
-        elif op_type == "GatherBlockQuantized":
-            accounted.update(inputs[2:4])
-            if inputs and inputs[0] in initializers and inputs[0] not in accounted:
-                _, dims, _ = initializers[inputs[0]]
-                add(f"int{attributes.get('bits', 4)}", _product(dims) * 8 // attributes.get("bits", 4))
-                accounted.add(inputs[0])
-    for name, (data_type, dims, _) in initializers.items():
-        if name in accounted or any(skipped in name for skipped in _SKIPPED_INITIALIZERS):
-            continue
-        if data_type in _ONNX_WEIGHT_TYPES and len(dims) >= 1:
-            add(_ONNX_WEIGHT_TYPES[data_type], _product(dims))
-    external = {location for _, _, location in initializers.values() if location}
-    return _OnnxSummary(parameters=parameters, external=external)
-
-
-def _product(dims: list[int]) -> int:
-    result = 1
-    for dim in dims:
-        result *= dim
-    return result
-
-
-def _node(data: memoryview, span: tuple[int, int]) -> tuple[str, list[str], dict[str, int]]:
-    op_type, inputs, attributes = "", [], {}
-    for number, value in _fields(data, *span):
-        if number == 1:
-            inputs.append(_text(data, value))
-        elif number == 4:
-            op_type = _text(data, value)
-        elif number == 5:
-            name, integer = "", None
-            for field, item in _fields(data, *value):
-                if field == 1:
-                    name = _text(data, item)
-                elif field == 3:
-                    integer = item
-            if integer is not None:
-                attributes[name] = integer
-    return op_type, inputs, attributes
-
-
-def _tensor(data: memoryview, span: tuple[int, int]) -> tuple[str, int, list[int], str | None]:
-    name, data_type, dims, location = "", 0, [], None
-    for number, value in _fields(data, *span):
-        if number == 1:
-            if isinstance(value, tuple):  # packed
-                position, end = value
-                while position < end:
-                    dim, position = _varint(data, position)
-                    dims.append(dim)
-            else:
-                dims.append(value)
-        elif number == 2:
-            data_type = value
-        elif number == 8:
-            name = _text(data, value)
-        elif number == 13:  # external_data: key/value entries
-            entry = dict((field, _text(data, item)) for field, item in _fields(data, *value))
-            if entry.get(1) == "location":
-                location = entry.get(2)
-    return name, data_type, dims, location
-
-
-def _text(data: memoryview, span: tuple[int, int]) -> str:
-    return bytes(data[span[0] : span[1]]).decode("utf-8", "replace")
-
-
-def _varint(data: memoryview, position: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, position
-        shift += 7
-        if shift > 70:
-            raise ValueError("varint too long")
-
-
-def _fields(data: memoryview, start: int, end: int) -> Iterator[tuple[int, Any]]:
-    """(field number, value) of a protobuf message: varints as ints, length-delimited as spans.
-
-    The value is typed Any: which of the two a field holds is fixed by the schema the caller reads.
-    """
-    position = start
-    while position < end:
-        key, position = _varint(data, position)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, position = _varint(data, position)
-            yield number, value
-        elif wire == 2:
-            length, position = _varint(data, position)
-            if position + length > end:
-                raise ValueError("truncated field")
-            yield number, (position, position + length)
-            position += length
-        elif wire == 1:
-            position += 8
-        elif wire == 5:
-            position += 4
-        else:
-            raise ValueError(f"unsupported wire type {wire}")

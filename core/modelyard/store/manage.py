@@ -22,7 +22,10 @@ from modelyard.errors import BadRequest, NotFound
 from modelyard.runtime.options import OPTION_KINDS
 from modelyard.runtime.plugins import Backends
 from modelyard.runtime.scheduler import Scheduler
-from modelyard.store.gguf import FILE_TYPES, is_gguf
+from modelyard.store.formats import Blob, ModelFormat, NewModel
+from modelyard.store.formats.gguf import gguf_config
+from modelyard.store.formats.remote import remote_url
+from modelyard.store.gguf import FILE_TYPES
 from modelyard.store.local import (
     ADAPTER_MEDIA_TYPE,
     CONFIG_MEDIA_TYPE,
@@ -30,8 +33,6 @@ from modelyard.store.local import (
     LICENSE_MEDIA_TYPE,
     MESSAGES_MEDIA_TYPE,
     MODEL_MEDIA_TYPE,
-    ONNX_CONFIG_FILE,
-    ONNX_FILE_MEDIA_TYPE,
     PARAMS_MEDIA_TYPE,
     SYSTEM_MEDIA_TYPE,
     TEMPLATE_MEDIA_TYPE,
@@ -40,11 +41,9 @@ from modelyard.store.local import (
     ModelConfig,
     ModelStore,
     StoredModel,
-    onnx_layers,
-    onnx_model_config,
     sha256_file,
 )
-from modelyard.store.names import ModelName
+from modelyard.store.names import ModelName, strip_source
 
 
 def check_digest(digest: str) -> str:
@@ -172,9 +171,15 @@ class Management:
             raise BadRequest("invalid model name") from None
         if not request.from_ and not request.files:
             raise BadRequest("neither 'from' or 'files' was specified")
-        base = self._base(request.from_) if request.from_ else None
-        files = self._checked_files(request.files or {})
-        adapters = self._checked_files(request.adapters or {})
+        if request.from_ and request.remote_host:
+            # A model on another server (Ollama's remote models): its name there, nothing local to read.
+            remote = ModelConfig(remote_host=remote_url(request.remote_host), remote_model=strip_source(request.from_))
+            base = None
+        else:
+            remote = None
+            base = self._base(request.from_) if request.from_ else None
+        files = self._checked_files(request.files or {}) if remote is None else {}
+        adapters = list(self._checked_files(request.adapters or {}).values())
         if len(adapters) > 1:
             raise BadRequest("only one adapter is currently supported")
         backend_parameters = self._backend_parameters()
@@ -183,33 +188,29 @@ class Management:
         }
         quantize = request.quantize or request.quantization
         layers = list(base.manifest.layers) if base else []
-        config = base.config if base else ModelConfig()
-        folder = self._onnx_folder(request.files or {})
-        model_file = self._gguf_file(files) if files and folder is None else None
-        if folder is not None or (base is not None and base.format == "onnx" and not model_file):
-            if quantize:
-                raise BadRequest("quantization is only supported for GGUF models (this model is ONNX)")
-            if adapters:
-                raise BadRequest("adapters are only supported for GGUF models (this model is ONNX)")
-        if folder is not None:
-            onnx_config = await asyncio.to_thread(self._onnx_config, folder)
+        config = remote or (base.config if base else ModelConfig())
+        # The format of the new files, else the base model's: it decides what else the request may ask.
+        new_format = self.store.formats.detect(files) if files else None
+        model_format = new_format
+        if model_format is None and remote is not None:
+            model_format = self.store.formats.get("remote")
+        elif model_format is None and base is not None:
+            model_format = base.model_format
+        if model_format is not None and not model_format.quantizes and quantize:
+            raise BadRequest(f"quantization is only supported for GGUF models (this model is {model_format.title})")
+        if model_format is not None and not model_format.adapters and adapters:
+            raise BadRequest(f"adapters are only supported for GGUF models (this model is {model_format.title})")
+        if new_format is not None:
+            new_model = await asyncio.to_thread(new_format.create, files)
         if quantize:
-            source = model_file or next((layer.digest for layer in layers if layer.mediaType == MODEL_MEDIA_TYPE), None)
+            weights = new_model.layers if new_format is not None else layers
+            source = next((layer.digest for layer in weights if layer.mediaType == MODEL_MEDIA_TYPE), None)
             quantizing = self._quantize_plan(source, quantize)
 
-        if folder is not None:
-            yield progress("parsing ONNX model")
-            replaced = (MODEL_MEDIA_TYPE, ONNX_FILE_MEDIA_TYPE, ADAPTER_MEDIA_TYPE)
-            layers = onnx_layers(self.store, folder) + [layer for layer in layers if layer.mediaType not in replaced]
-            config = onnx_config
-        elif model_file:
-            yield progress("parsing GGUF")
-            model_layer = Layer(
-                mediaType=MODEL_MEDIA_TYPE, digest=model_file, size=self.store.blob_path(model_file).stat().st_size
-            )
-            layers = [layer for layer in layers if layer.mediaType not in (MODEL_MEDIA_TYPE, ONNX_FILE_MEDIA_TYPE)]
-            layers.insert(0, model_layer)
-            config = self._gguf_config(model_layer)
+        if new_format is not None:
+            yield progress(new_format.create_status)
+            layers = self._with_new_files(layers, new_format, new_model)
+            config = new_model.config
         elif base:
             for layer in base.manifest.layers:
                 yield progress(f"using existing layer {layer.digest}")
@@ -221,11 +222,9 @@ class Management:
                 else:
                     layers, config = update
 
-        for digest in adapters:
+        for adapter in adapters:
             layers = [layer for layer in layers if layer.mediaType != ADAPTER_MEDIA_TYPE]
-            layers.append(
-                Layer(mediaType=ADAPTER_MEDIA_TYPE, digest=digest, size=self.store.blob_path(digest).stat().st_size)
-            )
+            layers.append(Layer(mediaType=ADAPTER_MEDIA_TYPE, digest=adapter.digest, size=adapter.size))
         if parameters and base is not None:
             parameters = {**base.parameters, **parameters}
         texts: list[tuple[str, bytes | None]] = [
@@ -266,17 +265,25 @@ class Management:
             raise NotFound(f'model "{requested}" not found')
         return model
 
-    def _checked_files(self, files: dict[str, str]) -> list[str]:
-        """Digests of the named blobs, after Ollama's checks on paths and digests."""
-        digests = []
+    def _checked_files(self, files: dict[str, str]) -> dict[str, Blob]:
+        """The named blobs by path, after Ollama's checks on paths and digests."""
+        checked = {}
         for path, digest in files.items():
             if path.startswith("/") or ".." in Path(path).parts or "\\" in path:
                 raise BadRequest("file path must be relative")
             digest = check_digest(digest)
             if not self.store.has_blob(digest):
                 raise BadRequest(f'blob "{digest}" not found, upload it to /api/blobs first')
-            digests.append(digest)
-        return digests
+            checked[path] = Blob(digest=digest, path=self.store.blob_path(digest))
+        return checked
+
+    def _with_new_files(self, layers: list[Layer], new_format: ModelFormat, new_model: NewModel) -> list[Layer]:
+        """The new files' layers first, in place of the base model's files (of any format), and of its
+        adapter when the new format takes none."""
+        replaced = self.store.formats.media_types
+        if not new_format.adapters:
+            replaced |= {ADAPTER_MEDIA_TYPE}
+        return new_model.layers + [layer for layer in layers if layer.mediaType not in replaced]
 
     def _backend_parameters(self) -> dict[str, Any]:
         """Modelfile parameters the installed backends declare (name -> type)."""
@@ -284,38 +291,6 @@ class Management:
         for backend in self.backends.backends:
             declared.update(backend.parameters)
         return declared
-
-    def _onnx_folder(self, files: dict[str, str]) -> dict[str, str] | None:
-        """The files (normalised relative path -> digest) when they make an ONNX GenAI folder, else None.
-
-        Call after `_checked_files`: paths are relative and every blob is present.
-        """
-        normalised = {Path(path).as_posix(): check_digest(digest) for path, digest in files.items()}
-        if ONNX_CONFIG_FILE not in normalised:
-            return None
-        if len(normalised) != len(files) or "." in normalised:
-            raise BadRequest("file paths must be distinct and name files")
-        return normalised
-
-    def _onnx_config(self, folder: dict[str, str]) -> ModelConfig:
-        try:
-            return onnx_model_config({path: self.store.blob_path(digest) for path, digest in folder.items()})
-        except (OSError, ValueError) as exc:
-            raise BadRequest(f"not an ONNX Runtime GenAI model: {exc}") from None
-
-    def _gguf_file(self, digests: list[str]) -> str:
-        if not digests:
-            raise BadRequest("no files provided to convert")
-        ggufs = [digest for digest in digests if is_gguf(self.store.blob_path(digest))]
-        if not ggufs:
-            raise BadRequest("supplied file was not in GGUF format")
-        if len(ggufs) > 1 or len(digests) > 1:
-            raise BadRequest("more than one file was given: create takes one GGUF file")
-        return ggufs[0]
-
-    def _gguf_config(self, model_layer: Layer) -> ModelConfig:
-        config_layer = self.store.config_for_gguf(model_layer)
-        return msgspec.json.decode(self.store.blob_path(config_layer.digest).read_bytes(), type=ModelConfig)
 
     def _text_layer(self, media_type: str, data: bytes) -> tuple[Layer, bool]:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -358,4 +333,5 @@ class Management:
             Path(temporary).unlink(missing_ok=True)
         quantized = Layer(mediaType=MODEL_MEDIA_TYPE, digest=digest, size=self.store.blob_path(digest).stat().st_size)
         yield progress(f"creating new layer {digest}")
-        yield [quantized if layer is model_layer else layer for layer in layers], self._gguf_config(quantized)
+        config = gguf_config(self.store.gguf_header(digest), digest)
+        yield [quantized if layer is model_layer else layer for layer in layers], config

@@ -19,7 +19,6 @@ from litestar.response import Stream
 
 from modelyard import OLLAMA_API_VERSION
 from modelyard.api.http import (
-    ENCODER,
     JSON,
     NDJSON,
     decode_body,
@@ -30,7 +29,7 @@ from modelyard.api.http import (
     until_disconnect,
 )
 from modelyard.api.ollama.encode import ChatEncoder, GenerateEncoder
-from modelyard.api.ollama.models import describe_loaded, describe_model, list_models
+from modelyard.api.ollama.models import describe_loaded, show_model, tags_answer
 from modelyard.api.ollama.wire import (
     ChatRequest,
     CopyRequest,
@@ -42,12 +41,11 @@ from modelyard.api.ollama.wire import (
     ShowRequest,
     VersionResponse,
 )
-from modelyard.errors import BadRequest, ModelyardError, NotFound
+from modelyard.errors import ModelyardError
 from modelyard.runtime.aggregate import Aggregate
 from modelyard.runtime.contract import Done, Event
 from modelyard.runtime.inference import GenerationRequest
 from modelyard.runtime.options import parse_keep_alive
-from modelyard.store.names import ModelName
 
 if TYPE_CHECKING:
     from modelyard.store.registry import Registry
@@ -178,19 +176,9 @@ async def chat(request: Request[Any, Any, Any]) -> Response[Any]:
 @get("/api/tags")
 async def tags(request: Request[Any, Any, Any]) -> Response[bytes]:
     state = services(request)
-    # Clients poll this every few seconds. While the store is unchanged (a stat walk) the listing is the
-    # same list object and its encoded answer is reused; after a change, manifests and headers are read
-    # in a thread.
-    listing = state.store.cached_list()
-    answer = state.get("tags_answer")
-    if listing is None or answer is None or answer[0] is not listing:
-
-        def encode() -> tuple[list[Any], bytes]:
-            models = state.store.list()
-            return models, ENCODER.encode(list_models(state.store, state.backends, models))
-
-        answer = state.tags_answer = await asyncio.to_thread(encode)
-    return Response(answer[1], media_type=JSON)
+    # Clients poll this every few seconds: the encoded answer is reused while nothing changed.
+    state.tags_answer = await tags_answer(state.catalog, state.get("tags_answer"))
+    return Response(state.tags_answer.body, media_type=JSON)
 
 
 @head("/api/tags")
@@ -201,15 +189,8 @@ async def tags_head() -> Response[None]:
 @post("/api/show", status_code=200)
 async def show(request: Request[Any, Any, Any]) -> Response[bytes]:
     body = await decode_body(request, ShowRequest)
-    requested = body.model or body.name
-    if not requested:
-        raise BadRequest("model is required")
-    name = ModelName.parse(requested)
-    state = services(request)
-    model = state.store.find(name)
-    if model is None:
-        raise NotFound(f"model '{name.display}' not found")
-    return json_response(await asyncio.to_thread(describe_model, model, state.backends, bool(body.verbose)))
+    catalog = services(request).catalog
+    return json_response(await asyncio.to_thread(show_model, catalog, body.model or body.name, bool(body.verbose)))
 
 
 @post("/api/create", status_code=200)

@@ -140,6 +140,8 @@ class ModelDetails(Response, kw_only=True):
 class ListModel(Response, kw_only=True):
     name: str
     model: str
+    remote_model: str | UnsetType = UNSET
+    remote_host: str | UnsetType = UNSET
     modified_at: str
     size: int
     digest: str
@@ -168,6 +170,8 @@ class ShowResponse(Response, kw_only=True):
     system: str | UnsetType = UNSET
     details: ModelDetails
     messages: list[Message] | UnsetType = UNSET
+    remote_model: str | UnsetType = UNSET
+    remote_host: str | UnsetType = UNSET
     model_info: dict[str, Any]
     tensors: list[dict[str, Any]] | UnsetType = UNSET
     capabilities: list[str] | UnsetType = UNSET
@@ -223,6 +227,7 @@ class CreateRequest(Request, kw_only=True):
     model: str | None = None
     name: str | None = None  # deprecated alias of model
     from_: str | None = msgspec.field(default=None, name="from")
+    remote_host: str | None = None  # with `from`: the model is `from` on that server
     files: dict[str, str] | None = None
     adapters: dict[str, str] | None = None
     template: str | None = None
