@@ -7,6 +7,8 @@ docs/plugins.md walks through writing one; the echo backend (plugins/modelyard_e
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from modelyard.errors import BackendUnavailable, BadRequest, InternalError, ModelyardError, NotFound, Unavailable
 from modelyard.runtime.contract import (
     COMPLETION,
@@ -44,13 +46,31 @@ from modelyard.runtime.hookspecs import hookimpl
 from modelyard.runtime.messages import Message, ToolCall, ToolCallFunction
 from modelyard.runtime.options import Format, Options
 from modelyard.runtime.text import StopSequences
+from modelyard.runtime.tokenloop import TokenLoop
+from modelyard.store.gguf import FILE_TYPES
 from modelyard.store.local import FolderView
+
+if TYPE_CHECKING:
+    from modelyard.templates.chat_template import ChatTemplate
+
+# Imported on first use: jinja2 must not load at server start (nor in engine processes that need none).
+_LAZY = {"ChatTemplate": "modelyard.templates.chat_template"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "COMPLETION",
     "CONTEXT_EXCEEDED",
     "CONTRACT_VERSION",
     "EMBEDDING",
+    "FILE_TYPES",
     "INSERT",
     "MIN_CONTEXT",
     "THINKING",
@@ -59,6 +79,7 @@ __all__ = [
     "Backend",
     "BackendUnavailable",
     "BadRequest",
+    "ChatTemplate",
     "Completion",
     "Details",
     "Done",
@@ -80,6 +101,7 @@ __all__ = [
     "StopSequences",
     "TextDelta",
     "ThinkingDelta",
+    "TokenLoop",
     "TokenLogprob",
     "ToolCall",
     "ToolCallEvent",
