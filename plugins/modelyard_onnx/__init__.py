@@ -1,15 +1,17 @@
 """The ONNX Runtime GenAI backend. Registered like any third-party plugin.
 
 It serves ONNX GenAI folders (genai_config.json, model.onnx and its weights, tokenizer files, chat
-template) that entered the store through /api/create; at load time the store links the folder's files
-into a temporary folder, which onnxruntime-genai reads. The execution provider (cpu, cuda, dml) comes
-from MODELYARD_ONNX_PROVIDER or the model's `PARAMETER provider`; the three builds of onnxruntime-genai
-provide the same module, one per install (`modelyard[onnx]`, `[onnx-cuda]`, `[onnx-directml]`).
+template) that entered the store through /api/create; at load time the model's files (ModelView.files)
+are linked into a temporary folder (FolderView), which onnxruntime-genai reads. The execution provider
+(cpu, cuda, dml) comes from MODELYARD_ONNX_PROVIDER or the model's `PARAMETER provider`; the three builds
+of onnxruntime-genai provide the same module, one per install (`modelyard[onnx]`, `[onnx-cuda]`,
+`[onnx-directml]`).
 
 Each loaded model runs in an engine process of its own (engine.py: the binding keeps the GIL while it
 computes, which would stop the server's event loop). There Ollama's options map to search options, tokens
-stream through `TokenizerStream`, cut by stop strings, and stop between tokens when the client goes
-away; `format` uses the build's guidance (llguidance). docs/onnx.md lists the options it ignores.
+stream through `TokenizerStream` into the core's `TokenLoop` (budget, stop strings, counts), and stop
+between tokens when the client goes away; `format` uses the build's guidance (llguidance). docs/onnx.md
+lists the options it ignores.
 """
 
 from __future__ import annotations
