@@ -8,6 +8,8 @@ that stores a new kind of model files registers a `ModelFormat` (the onnx plugin
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from modelyard.errors import BackendUnavailable, BadRequest, InternalError, ModelyardError, NotFound, Unavailable
 from modelyard.runtime.contract import (
     COMPLETION,
@@ -45,15 +47,32 @@ from modelyard.runtime.hookspecs import hookimpl
 from modelyard.runtime.messages import Message, ToolCall, ToolCallFunction
 from modelyard.runtime.options import Format, Options
 from modelyard.runtime.text import StopSequences
+from modelyard.runtime.tokenloop import TokenLoop
 from modelyard.store.formats import Blob, ModelFormat, NewModel
-from modelyard.store.gguf import human_number
+from modelyard.store.gguf import FILE_TYPES, human_number
 from modelyard.store.local import TITLE_ANNOTATION, FolderView, Layer, ModelConfig, StoredModel
+
+if TYPE_CHECKING:
+    from modelyard.templates.chat_template import ChatTemplate
+
+# Imported on first use: jinja2 must not load at server start (nor in engine processes that need none).
+_LAZY = {"ChatTemplate": "modelyard.templates.chat_template"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "COMPLETION",
     "CONTEXT_EXCEEDED",
     "CONTRACT_VERSION",
     "EMBEDDING",
+    "FILE_TYPES",
     "INSERT",
     "MIN_CONTEXT",
     "THINKING",
@@ -64,6 +83,7 @@ __all__ = [
     "BackendUnavailable",
     "BadRequest",
     "Blob",
+    "ChatTemplate",
     "Completion",
     "Details",
     "Done",
@@ -90,6 +110,7 @@ __all__ = [
     "StoredModel",
     "TextDelta",
     "ThinkingDelta",
+    "TokenLoop",
     "TokenLogprob",
     "ToolCall",
     "ToolCallEvent",

@@ -10,24 +10,20 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
 import msgspec
 
 from modelyard.plugin import (
-    CONTEXT_EXCEEDED,
     Backend,
-    BadRequest,
     Completion,
-    Done,
     Event,
     LoadedModel,
     LoadSpec,
     ModelView,
-    StopSequences,
     TextDelta,
+    TokenLoop,
     hookimpl,
 )
 
@@ -57,48 +53,29 @@ class EchoModel(LoadedModel):
         self.context_length = context_length
 
     async def generate(self, completion: Completion) -> AsyncGenerator[Event]:
-        started = time.perf_counter_ns()
+        loop = TokenLoop(completion, self.context_length)
         messages = completion.messages or completion.conversation  # echo the words, not a template's markup
         if messages:
             prompt = next((m.content for m in reversed(messages) if m.role == "user"), "")
             conversation = " ".join(m.content for m in messages)
         else:
             prompt = conversation = completion.prompt or ""
-        # A word is a token here: the whole conversation must fit the context.
-        prompt_words = conversation.split()
-        if len(prompt_words) >= self.context_length:
-            if not completion.truncate:
-                raise BadRequest(CONTEXT_EXCEEDED)
-            prompt_words = prompt_words[len(prompt_words) - self.context_length + 1 :]
-            prompt = " ".join(prompt.split()[-(self.context_length - 1) :])
+        # A word is a token here (its position its id): the whole conversation must fit the context, and
+        # a truncated one keeps the newest words, which the answer keeps too.
+        conversation_words = conversation.split()
+        kept = loop.fit(list(range(len(conversation_words))), keep=0, allow_empty=True)
+        if len(kept) < len(conversation_words):
+            prompt = " ".join(prompt.split()[-len(kept) :])
         answer = json.dumps({"echo": prompt}) if completion.format is not None else prompt
-        words = re.findall(r"\s*\S+", answer) or [""]
-        options = completion.options
-        stops = StopSequences(options.stop)
-        reason, count = "stop", 0
-        for word in words:
-            if 0 <= options.num_predict <= count:
-                reason = "length"
-                break
-            count += 1
-            text, stopped = stops.push(word)
-            if text:
+        words = [] if loop.finished else re.findall(r"\s*\S+", answer)
+        for index, word in enumerate(words):
+            if text := loop.push(index, word):
                 yield TextDelta(text)
-            if stopped:
+            if loop.finished:
                 break
             await asyncio.sleep(self.delay)
-        else:
-            if tail := stops.flush():
-                yield TextDelta(tail)
-        finished = time.perf_counter_ns()
-        yield Done(
-            reason=reason,
-            prompt_eval_count=len(prompt_words),
-            prompt_eval_duration=0,
-            eval_count=count,
-            eval_duration=finished - started,
-            context=list((prompt + answer).encode()) if completion.want_context else None,
-        )
+        for event in loop.finish():
+            yield event
 
 
 @hookimpl

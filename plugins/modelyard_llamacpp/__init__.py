@@ -7,37 +7,41 @@ sampler; generation runs in a worker thread that stops between tokens when the c
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import ctypes
 import json
 import os
 import random
 import threading
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
-from modelyard.errors import BackendUnavailable, BadRequest, InternalError
-from modelyard.runtime.contract import (
+from modelyard.plugin import (
     COMPLETION,
+    FILE_TYPES,
     MIN_CONTEXT,
     TOOLS,
+    Backend,
+    BackendUnavailable,
+    BadRequest,
     Completion,
-    Done,
     Event,
+    InternalError,
+    LoadedModel,
+    LoadSpec,
+    ModelView,
+    Options,
     TextDelta,
-    fit_context,
+    TokenLoop,
+    hookimpl,
     iterate_in_thread,
 )
-from modelyard.runtime.hookspecs import hookimpl
-from modelyard.runtime.options import Options
-from modelyard.runtime.text import StopSequences
-from modelyard.store.gguf import FILE_TYPES, Metadata
-from modelyard.store.local import StoredModel
+
+if TYPE_CHECKING:
+    from modelyard.plugin import ChatTemplate
 
 INSTALL_HINT = (
     "the llamacpp backend needs llama-cpp-python: pip install 'modelyard[llamacpp]' "
@@ -97,48 +101,55 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(Backend):
     name: ClassVar[str] = "llamacpp"
     priority: ClassVar[int] = 10
     Settings: ClassVar[type[msgspec.Struct]] = LlamaCppSettings
+    quantizes: ClassVar[bool] = True
+    settings: LlamaCppSettings
 
     def __init__(self, settings: LlamaCppSettings) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self._load_log: LoadLog | None = None  # made by the first load (it needs llama_cpp imported)
 
-    def serves(self, model: StoredModel) -> bool:
+    def serves(self, model: ModelView) -> bool:
         return model.format == "gguf"
 
-    def capabilities(self, model: StoredModel) -> frozenset[str]:
+    def capabilities(self, model: ModelView) -> frozenset[str]:
         found = {COMPLETION}
-        template = str(model.gguf.metadata.get("tokenizer.chat_template", ""))
+        template = str(model.metadata.get("tokenizer.chat_template", ""))
         if "tools" in template:
             found.add(TOOLS)
         return frozenset(found)
 
-    def context_length(self, model: StoredModel, options: Options) -> int:
-        trained = model.gguf.arch_value("context_length") or options.num_ctx
-        return max(MIN_CONTEXT, min(options.num_ctx, int(trained)))
-
-    def load_key(self, model: StoredModel, options: Options) -> tuple[Any, ...]:
-        n_ctx = self.context_length(model, options)
-        return (
-            n_ctx,
-            min(options.num_batch, n_ctx),  # a larger batch only allocates more (n_ubatch is not capped)
-            options.num_thread or default_threads(),
-            options.num_gpu,
-            options.use_mmap,
+    def load_spec(self, model: ModelView, options: Options) -> LoadSpec:
+        trained = _arch_value(model.metadata, "context_length") or options.num_ctx
+        n_ctx = max(MIN_CONTEXT, min(options.num_ctx, int(trained)))
+        return LoadSpec(
+            context_length=n_ctx,
+            batch_size=min(options.num_batch, n_ctx),  # a larger batch only allocates more (n_ubatch is not capped)
+            threads=options.num_thread or default_threads(),
+            gpu_layers=options.num_gpu if options.num_gpu >= 0 else -1,
+            main_gpu=options.main_gpu,
+            use_mmap=options.use_mmap,
         )
 
-    async def load(self, model: StoredModel, options: Options) -> LlamaCppModel:
+    def memory_estimate(self, model: ModelView, spec: LoadSpec) -> int:
+        """The weights and an f16 KV cache for the whole context."""
+        adapter = model.files.get("adapter")
+        weights = model.files["model"].stat().st_size + (adapter.stat().st_size if adapter else 0)
+        return weights + _kv_cache_bytes(model.metadata, spec.context_length)
+
+    async def load(self, model: ModelView, spec: LoadSpec) -> LlamaCppModel:
         try:
             import llama_cpp
         except ImportError as exc:
             raise BackendUnavailable(INSTALL_HINT) from exc
-        n_ctx, n_batch, n_threads, num_gpu, use_mmap = self.load_key(model, options)
         if self._load_log is None:
             self._load_log = LoadLog(llama_cpp)
         load_log = self._load_log
+        weights = model.files["model"]
+        adapter = model.files.get("adapter")
         engine_said: list[str] = []
 
         def construct() -> Any:
@@ -150,16 +161,17 @@ class LlamaCppBackend:
 
         def build() -> Any:
             return llama_cpp.Llama(
-                str(model.model_path),
-                n_ctx=n_ctx,
-                n_batch=n_batch,
-                n_ubatch=n_batch,
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                n_gpu_layers=num_gpu if num_gpu >= 0 else -1,
-                use_mmap=True if use_mmap is None else use_mmap,
+                str(weights),
+                n_ctx=spec.context_length,
+                n_batch=spec.batch_size,
+                n_ubatch=spec.batch_size,
+                n_threads=spec.threads,
+                n_threads_batch=spec.threads,
+                n_gpu_layers=spec.gpu_layers,
+                main_gpu=spec.main_gpu or 0,
+                use_mmap=True if spec.use_mmap is None else spec.use_mmap,
                 flash_attn=self.settings.flash_attn,
-                lora_path=str(model.adapter_path) if model.adapter_path else None,
+                lora_path=str(adapter) if adapter else None,
                 verbose=self.settings.verbose,
             )
 
@@ -167,10 +179,8 @@ class LlamaCppBackend:
             llm = await asyncio.to_thread(construct)
         except (ValueError, RuntimeError, MemoryError) as exc:
             reason = "; ".join(engine_said) or str(exc) or type(exc).__name__
-            raise InternalError(
-                f"llama.cpp could not load {model.model_path} ({model.name.display}): {reason}"
-            ) from exc
-        return LlamaCppModel(llm, model, n_ctx)
+            raise InternalError(f"llama.cpp could not load {weights} ({model.name}): {reason}") from exc
+        return LlamaCppModel(llm, model, spec.context_length, self.memory_estimate(model, spec))
 
     async def quantize(self, source: Path, target: Path, file_type: str) -> None:
         """Quantize an F16/F32 GGUF file (llama.cpp's llama_model_quantize) into `target`."""
@@ -190,24 +200,20 @@ class LlamaCppBackend:
         if result != 0:
             raise InternalError(f"llama.cpp could not quantize the model to {file_type} (error {result})")
 
-    async def close(self) -> None:
-        pass
 
-
-class LlamaCppModel:
-    def __init__(self, llm: Any, model: StoredModel, n_ctx: int) -> None:
+class LlamaCppModel(LoadedModel):
+    def __init__(self, llm: Any, model: ModelView, n_ctx: int, size: int) -> None:
         import llama_cpp
 
-        from modelyard.templates.chat_template import ChatTemplate  # jinja2: loaded with the first model, not at start
+        from modelyard.plugin import ChatTemplate  # jinja2: loaded with the first model, not at start
 
         self.llm = llm
         self.n_ctx = n_ctx
         self.context_length = n_ctx
-        self.size = model.model_path.stat().st_size + _kv_cache_bytes(model, n_ctx)
-        self.size_vram = 0
+        self.size = size
         self._lib = llama_cpp
-        metadata = model.gguf.metadata
-        self.template = ChatTemplate(
+        metadata = model.metadata
+        self.template: ChatTemplate = ChatTemplate(
             str(metadata.get("tokenizer.chat_template", "")),
             bos_token=_token_text(metadata, "tokenizer.ggml.bos_token_id"),
             eos_token=_token_text(metadata, "tokenizer.ggml.eos_token_id"),
@@ -215,7 +221,7 @@ class LlamaCppModel:
         self._grammars: dict[str, Any] = {}
         self._pieces: dict[int, bytes] = {}
 
-    def generate(self, completion: Completion) -> AsyncIterator[Event]:
+    def generate(self, completion: Completion) -> AsyncGenerator[Event]:
         return iterate_in_thread(lambda stop: self._generate(completion, stop))
 
     async def close(self) -> None:
@@ -275,30 +281,19 @@ class LlamaCppModel:
     def _generate(self, completion: Completion, stop: threading.Event) -> Iterator[Event]:
         options = completion.options
         llm = self.llm
-        started = time.perf_counter_ns()
+        loop = TokenLoop(completion, self.n_ctx)
         grammar = self._grammar(completion.format)
-        prompt = fit_context(self._prompt_tokens(completion), self.n_ctx, options.num_keep, completion.truncate)
-        if not prompt:
-            raise BadRequest("the prompt is empty after tokenization")
+        prompt = loop.fit(self._prompt_tokens(completion))
         if options.seed >= 0:
             # A seeded request must repeat exactly. Logits of a prompt evaluated in one batch differ in
             # the last bits from those of a cached prefix plus a short batch, so it skips the cache.
             llm.reset()
         llm.set_seed(options.seed if options.seed >= 0 else random.getrandbits(32))
         llm.last_n_tokens_size = self.n_ctx if options.repeat_last_n < 0 else options.repeat_last_n
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopSequences(options.stop)
-        vocab = llm._model.vocab
-        is_eog = self._lib.llama_vocab_is_eog
-        to_piece = self._piece
-        budget = options.num_predict if options.num_predict >= 0 else self.n_ctx
-        room = self.n_ctx - len(prompt)
-        output: list[int] = []
-        reason = "stop"
-        first_token_at = None
-        if budget == 0:
-            reason = "length"
-        else:
+        if not loop.finished:
+            vocab = llm._model.vocab
+            is_eog = self._lib.llama_vocab_is_eog
+            to_piece = self._piece
             tokens = llm.generate(
                 prompt,
                 top_k=options.top_k,
@@ -312,27 +307,27 @@ class LlamaCppModel:
                 grammar=grammar,
             )
             for token in tokens:
-                if first_token_at is None:
-                    first_token_at = time.perf_counter_ns()
-                if stop.is_set() or is_eog(vocab, token):
+                if stop.is_set():
                     break
-                output.append(token)
-                text, stopped = stops.push(decoder.decode(to_piece(token)))
+                if is_eog(vocab, token):
+                    loop.end()
+                    break
+                text = loop.push(token, to_piece(token))
                 if text:
                     yield TextDelta(text)
-                if stopped:
-                    break
-                if len(output) >= budget or len(output) >= room:
-                    reason = "length"
+                if loop.finished:
                     break
             tokens.close()
-        tail = decoder.decode(b"", final=True) + stops.flush()
-        if tail:
-            yield TextDelta(tail)
-        yield Done.measured(reason, prompt, output, started, first_token_at, completion.want_context)
+        yield from loop.finish()
 
 
-def _token_text(metadata: Metadata, key: str) -> str:
+def _arch_value(metadata: Mapping[str, Any], key: str) -> Any:
+    """`<architecture>.<key>` of a GGUF header, e.g. context_length."""
+    return metadata.get(f"{metadata.get('general.architecture', '')}.{key}")
+
+
+def _token_text(metadata: Any, key: str) -> str:
+    """A token's text from a GGUF header's lazy Metadata (array_item/array_length read one item)."""
     token_id = metadata.get(key)
     count = metadata.array_length("tokenizer.ggml.tokens") or 0
     # One token read from the file: the whole vocabulary (49k strings) is not needed here.
@@ -343,15 +338,14 @@ def _token_text(metadata: Metadata, key: str) -> str:
     )
 
 
-def _kv_cache_bytes(model: StoredModel, n_ctx: int) -> int:
+def _kv_cache_bytes(metadata: Mapping[str, Any], n_ctx: int) -> int:
     """f16 K and V for every layer: what the context costs on top of the weights."""
-    header = model.gguf
-    layers = header.arch_value("block_count") or 0
-    heads = header.arch_value("attention.head_count") or 1
-    kv_heads = header.arch_value("attention.head_count_kv") or heads
-    embedding = header.arch_value("embedding_length") or 0
-    head_dim = header.arch_value("attention.key_length") or (embedding // heads if heads else 0)
-    return 2 * 2 * n_ctx * layers * kv_heads * head_dim
+    layers = _arch_value(metadata, "block_count") or 0
+    heads = _arch_value(metadata, "attention.head_count") or 1
+    kv_heads = _arch_value(metadata, "attention.head_count_kv") or heads
+    embedding = _arch_value(metadata, "embedding_length") or 0
+    head_dim = _arch_value(metadata, "attention.key_length") or (embedding // heads if heads else 0)
+    return int(2 * 2 * n_ctx * layers * kv_heads * head_dim)
 
 
 @hookimpl

@@ -1,15 +1,17 @@
 """The ONNX Runtime GenAI backend. Registered like any third-party plugin.
 
 It serves ONNX GenAI folders (genai_config.json, model.onnx and its weights, tokenizer files, chat
-template) that entered the store through /api/create; at load time the store links the folder's files
-into a temporary folder, which onnxruntime-genai reads. The execution provider (cpu, cuda, dml) comes
-from MODELYARD_ONNX_PROVIDER or the model's `PARAMETER provider`; the three builds of onnxruntime-genai
-provide the same module, one per install (`modelyard[onnx]`, `[onnx-cuda]`, `[onnx-directml]`).
+template) that entered the store through /api/create; at load time the model's files (ModelView.files)
+are linked into a temporary folder (FolderView), which onnxruntime-genai reads. The execution provider
+(cpu, cuda, dml) comes from MODELYARD_ONNX_PROVIDER or the model's `PARAMETER provider`; the three builds
+of onnxruntime-genai provide the same module, one per install (`modelyard[onnx]`, `[onnx-cuda]`,
+`[onnx-directml]`).
 
 Each loaded model runs in an engine process of its own (engine.py: the binding keeps the GIL while it
 computes, which would stop the server's event loop). There Ollama's options map to search options, tokens
-stream through `TokenizerStream`, cut by stop strings, and stop between tokens when the client goes
-away; `format` uses the build's guidance (llguidance). docs/onnx.md lists the options it ignores.
+stream through `TokenizerStream` into the core's `TokenLoop` (budget, stop strings, counts), and stop
+between tokens when the client goes away; `format` uses the build's guidance (llguidance). docs/onnx.md
+lists the options it ignores.
 """
 
 from __future__ import annotations
@@ -17,16 +19,30 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from modelyard.errors import BackendUnavailable, BadRequest, InternalError
-from modelyard.runtime.contract import COMPLETION, MIN_CONTEXT, TOOLS, Completion, Event, TextDelta, wait_uncancellable
-from modelyard.runtime.hookspecs import hookimpl
-from modelyard.runtime.options import Options
-from modelyard.store.local import FolderView, StoredModel
+from modelyard.plugin import (
+    COMPLETION,
+    MIN_CONTEXT,
+    TOOLS,
+    Backend,
+    BackendUnavailable,
+    BadRequest,
+    Completion,
+    Event,
+    FolderView,
+    InternalError,
+    LoadedModel,
+    LoadSpec,
+    ModelView,
+    Options,
+    TextDelta,
+    hookimpl,
+    wait_uncancellable,
+)
 
 from .engine import (
     HEADER,
@@ -43,6 +59,7 @@ from .engine import (
     frame,
     raise_failure,
 )
+from .format import folder_chat_template
 
 __all__ = ["OnnxBackend", "OnnxModel", "OnnxSettings", "check_provider", "closed_objects"]
 
@@ -62,48 +79,59 @@ class OnnxSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     prefill_chunk: int = 64
 
 
-class OnnxBackend:
+class OnnxBackend(Backend):
     name: ClassVar[str] = "onnx"
     priority: ClassVar[int] = 11  # a real engine; after llama.cpp (they serve different formats)
     Settings: ClassVar[type[msgspec.Struct]] = OnnxSettings
     # Modelfile parameters of this backend, stored with the model (see manage.typed_parameter).
-    parameters: ClassVar[dict[str, Any]] = {"provider": Provider}
+    parameters: ClassVar[Mapping[str, Any]] = {"provider": Provider}
+    settings: OnnxSettings
 
-    def __init__(self, settings: OnnxSettings) -> None:
-        self.settings = settings
-
-    def serves(self, model: StoredModel) -> bool:
+    def serves(self, model: ModelView) -> bool:
         return model.format == "onnx"
 
-    def capabilities(self, model: StoredModel) -> frozenset[str]:
+    def capabilities(self, model: ModelView) -> frozenset[str]:
         found = {COMPLETION}
-        if "tools" in model.folder_chat_template:
+        if "tools" in folder_chat_template(model.files):
             found.add(TOOLS)
         return frozenset(found)
 
-    def provider(self, model: StoredModel) -> Provider:
+    def provider(self, model: ModelView) -> Provider:
         chosen = model.parameters.get("provider", self.settings.provider)
         try:
             return msgspec.convert(chosen, Provider)
         except msgspec.ValidationError:
-            raise BadRequest(f"unknown onnx provider {chosen!r} in {model.name.display} (cpu, cuda or dml)") from None
+            raise BadRequest(f"unknown onnx provider {chosen!r} in {model.name} (cpu, cuda or dml)") from None
 
-    def context_length(self, model: StoredModel, options: Options) -> int:
-        trained = int(model.onnx_config.get("model", {}).get("context_length") or options.num_ctx)
-        return max(MIN_CONTEXT, min(options.num_ctx, trained))
+    def load_spec(self, model: ModelView, options: Options) -> LoadSpec:
+        trained = int(model.metadata.get("model", {}).get("context_length") or options.num_ctx)
+        return LoadSpec(
+            context_length=max(MIN_CONTEXT, min(options.num_ctx, trained)),
+            threads=options.num_thread,
+            main_gpu=options.main_gpu,
+            extra=(("provider", self.provider(model)),),
+        )
 
-    def load_key(self, model: StoredModel, options: Options) -> tuple[Any, ...]:
-        return (self.context_length(model, options), self.provider(model), options.num_thread, options.main_gpu)
+    def memory_estimate(self, model: ModelView, spec: LoadSpec) -> int:
+        """Every file of the folder (the weights dominate) and the KV cache for the whole context."""
+        weights = sum(path.stat().st_size for path in model.files.values())
+        return weights + _kv_cache_bytes(model.metadata, spec.context_length, dict(spec.extra)["provider"])
 
-    async def load(self, model: StoredModel, options: Options) -> OnnxModel:
+    async def load(self, model: ModelView, spec: LoadSpec) -> OnnxModel:
         if importlib.util.find_spec("onnxruntime_genai") is None:
             raise BackendUnavailable(INSTALL_HINT)
-        n_ctx, provider, threads, device = self.load_key(model, options)
-        view = model.folder_view()
+        provider = dict(spec.extra)["provider"]
+        view = FolderView(model.files)
         opening = Open(
-            str(view.path), provider, threads, device, n_ctx, self.settings.prefill_chunk, model.name.display
+            str(view.path),
+            provider,
+            spec.threads,
+            spec.main_gpu,
+            spec.context_length,
+            self.settings.prefill_chunk,
+            model.name,
         )
-        loaded = OnnxModel(opening, view, model)
+        loaded = OnnxModel(opening, view, model.name, self.memory_estimate(model, spec))
         try:
             await loaded.start()
         except BaseException:
@@ -111,12 +139,10 @@ class OnnxBackend:
             raise
         return loaded
 
-    async def close(self) -> None:
-        pass
 
-
-def _kv_cache_bytes(model: StoredModel, n_ctx: int, provider: str) -> int:
-    decoder = model.onnx_config.get("model", {}).get("decoder", {})
+def _kv_cache_bytes(config: Mapping[str, Any], n_ctx: int, provider: str) -> int:
+    """K and V for every layer, from genai_config.json's decoder."""
+    decoder = config.get("model", {}).get("decoder", {})
     layers = int(decoder.get("num_hidden_layers") or 0)
     kv_heads = int(decoder.get("num_key_value_heads") or decoder.get("num_attention_heads") or 0)
     head_size = int(decoder.get("head_size") or 0)
@@ -128,16 +154,15 @@ class EngineGone(Exception):
     """The engine process ended (a crash, or killed)."""
 
 
-class OnnxModel:
+class OnnxModel(LoadedModel):
     """A model loaded in an engine process (engine.py), which this side talks to over its pipes."""
 
-    def __init__(self, opening: Open, view: FolderView, model: StoredModel) -> None:
+    def __init__(self, opening: Open, view: FolderView, name: str, size: int) -> None:
         self.opening = opening
         self.view = view
-        self.name = model.name.display
+        self.name = name
         self.context_length = opening.n_ctx
-        weights = sum(path.stat().st_size for path in model.files.values())
-        self.size = weights + _kv_cache_bytes(model, opening.n_ctx, opening.provider)
+        self.size = size
         self.size_vram = 0 if opening.provider == "cpu" else self.size
         self.process: asyncio.subprocess.Process | None = None
         # A task reads the engine's replies into a queue, so that a request cancelled while it waits
@@ -194,7 +219,7 @@ class OnnxModel:
             raise EngineGone
         return reply
 
-    async def generate(self, completion: Completion) -> AsyncIterator[Event]:
+    async def generate(self, completion: Completion) -> AsyncGenerator[Event]:
         if self.process is None or self.process.returncode is not None or self._reader is None or self._reader.done():
             await self.start()  # the engine ended since the last request: load the model again
         finished = False

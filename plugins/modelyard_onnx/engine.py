@@ -22,16 +22,25 @@ import queue
 import struct
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from typing import IO, Any
 
 import msgspec
 
-from modelyard.errors import BackendUnavailable, BadRequest, InternalError, ModelyardError
-from modelyard.runtime.contract import Completion, Done, TextDelta, cut_after, final_assistant_text, fit_context
-from modelyard.runtime.options import Format, Options
-from modelyard.runtime.text import StopSequences
+from modelyard.plugin import (
+    BackendUnavailable,
+    BadRequest,
+    Completion,
+    Done,
+    Format,
+    InternalError,
+    ModelyardError,
+    Options,
+    TextDelta,
+    TokenLoop,
+    cut_after,
+    final_assistant_text,
+)
 
 # Per provider: the name onnxruntime-genai knows it by, the function that says whether this build has
 # it, and the install that brings it.
@@ -219,22 +228,12 @@ class Engine:
 
     def generate(self, completion: Completion, stop: threading.Event) -> Iterator[TextDelta | Done]:
         """Pieces of text, then the Done; checks `stop` between tokens and between prompt chunks."""
-        options = completion.options
-        started = time.perf_counter_ns()
-        prompt = fit_context(self._prompt_tokens(completion), self.n_ctx, options.num_keep, completion.truncate)
-        if not prompt:
-            raise BadRequest("the prompt is empty after tokenization")
-        budget = options.num_predict if options.num_predict >= 0 else self.n_ctx
-        max_length = min(len(prompt) + budget, self.n_ctx)
-        stops = StopSequences(options.stop)
-        output: list[int] = []
-        reason = "stop"
-        first_token_at = None
-        if budget == 0:
-            reason = "length"
-        else:
+        loop = TokenLoop(completion, self.n_ctx)
+        prompt = loop.fit(self._prompt_tokens(completion))
+        if not loop.finished:
             params = self.og.GeneratorParams(self.engine)
-            params.set_search_options(**self._search_options(options, max_length))
+            # max_length ends the search where the budget does (the loop below stops there first).
+            params.set_search_options(**self._search_options(completion.options, len(prompt) + loop.budget))
             self._set_format(params, completion.format)
             generator = self._generator(params, completion.format)
             stream = self.tokenizer.create_stream()
@@ -244,30 +243,20 @@ class Engine:
                     if stop.is_set():
                         break
                     generator.append_tokens(prompt[start : start + step])
-                while not stop.is_set():
-                    if generator.is_done():
-                        # The length limit, or a finished format; an end-of-sequence token breaks below.
-                        if len(prompt) + len(output) >= max_length:
-                            reason = "length"
-                        break
+                while not stop.is_set() and not generator.is_done():  # is_done: a format that is complete
                     generator.generate_next_token()
                     token = int(generator.get_next_tokens()[0])
-                    if first_token_at is None:
-                        first_token_at = time.perf_counter_ns()
                     if token in self.eos:
+                        loop.end()
                         break
-                    output.append(token)
-                    text, stopped = stops.push(stream.decode(token))
+                    text = loop.push(token, stream.decode(token))
                     if text:
                         yield TextDelta(text)
-                    if stopped:
+                    if loop.finished:
                         break
             finally:
                 del generator
-        tail = stops.flush()
-        if tail:
-            yield TextDelta(tail)
-        yield Done.measured(reason, prompt, output, started, first_token_at, completion.want_context)
+        yield from loop.finish()
 
 
 # JSON Schema keywords whose value maps names to schemas, and those whose value is data.

@@ -203,15 +203,20 @@ PLUGIN = '''
 """A throwaway modelyard backend: answers with the user's words in reverse order."""
 
 import asyncio
-import time
 from typing import Any, ClassVar
 
 import msgspec
 
-from modelyard.runtime.contract import COMPLETION, Completion, Done, TextDelta
-from modelyard.errors import InternalError
-from modelyard.runtime.hookspecs import hookimpl
-from modelyard.runtime.text import StopSequences
+from modelyard.plugin import (
+    Backend,
+    Completion,
+    InternalError,
+    LoadedModel,
+    LoadSpec,
+    TextDelta,
+    TokenLoop,
+    hookimpl,
+)
 
 FAIL_BEFORE = "modelyard-conformance:fail-before-first-chunk"
 FAIL_AFTER = "modelyard-conformance:fail-after-first-chunk"
@@ -227,85 +232,53 @@ def instance(schema: Any) -> Any:
     return {"string": "", "integer": 0, "number": 0, "boolean": False, "array": [], "null": None}.get(kind, {})
 
 
-class Settings(msgspec.Struct, forbid_unknown_fields=True):
-    pass
-
-
-class ReverseBackend:
+class ReverseBackend(Backend):
     name: ClassVar[str] = "reverse"
-    Settings: ClassVar[type] = Settings
-
-    def __init__(self, settings: Settings) -> None:
-        pass
 
     def serves(self, model: Any) -> bool:
         return True
 
-    def capabilities(self, model: Any) -> frozenset[str]:
-        return frozenset({COMPLETION})
-
-    def load_key(self, model: Any, options: Any) -> tuple:
-        return (options.num_ctx,)
-
-    async def load(self, model: Any, options: Any) -> "ReverseModel":
-        return ReverseModel(options.num_ctx or 4096)
-
-    async def close(self) -> None:
-        pass
+    async def load(self, model: Any, spec: LoadSpec) -> "ReverseModel":
+        return ReverseModel(spec.context_length)
 
 
-class ReverseModel:
+class ReverseModel(LoadedModel):
     size = 1
-    size_vram = 0
 
     def __init__(self, context_length: int) -> None:
         self.context_length = context_length
 
     async def generate(self, completion: Completion):
-        started = time.perf_counter_ns()
+        loop = TokenLoop(completion, self.context_length)
         messages = completion.messages or completion.conversation  # words, not a Go template's markup
         if messages:
             prompt = next((m.content for m in reversed(messages) if m.role == "user"), "")
+            conversation = " ".join(m.content for m in messages)
         else:
-            prompt = completion.prompt or ""
+            prompt = conversation = completion.prompt or ""
         if FAIL_BEFORE in prompt:
             raise InternalError("the reverse engine failed before answering")
-        words = prompt.split()[-self.context_length :]
+        # A word is a token (an empty prompt is one): the conversation is capped to the context, and the
+        # answer reverses the user's words that are left.
+        conversation_words = conversation.split()
+        kept = loop.fit(list(range(len(conversation_words))) or [0], keep=0)
+        words = prompt.split()
+        if len(kept) < len(conversation_words):
+            words = words[len(words) - len(kept) :]
         if completion.format is not None:
-            answer = msgspec.json.encode(instance(completion.format)).decode()
-            pieces = [answer]
+            pieces = [msgspec.json.encode(instance(completion.format)).decode()]
         else:
             pieces = [word if i == 0 else " " + word for i, word in enumerate(reversed(words))] or ["..."]
-        options = completion.options
-        stops = StopSequences(options.stop)
-        reason, count = "stop", 0
-        for piece in pieces:
-            if 0 <= options.num_predict <= count:
-                reason = "length"
-                break
-            count += 1
-            text, stopped = stops.push(piece)
-            if text:
+        for index, piece in enumerate([] if loop.finished else pieces):
+            if text := loop.push(index, piece):
                 yield TextDelta(text)
             if FAIL_AFTER in prompt:
                 raise InternalError("the reverse engine failed while answering")
-            if stopped:
+            if loop.finished:
                 break
             await asyncio.sleep(0)
-        else:
-            if tail := stops.flush():
-                yield TextDelta(tail)
-        yield Done(
-            reason=reason,
-            prompt_eval_count=max(1, len(words)),
-            prompt_eval_duration=1,
-            eval_count=count,
-            eval_duration=time.perf_counter_ns() - started,
-            context=list(range(len(words) + count)) if completion.want_context else None,
-        )
-
-    async def close(self) -> None:
-        pass
+        for event in loop.finish():
+            yield event
 
 
 @hookimpl
@@ -315,13 +288,7 @@ def register_backends(register: Any) -> None:
 
 GAPS = """\
 backend: reverse
-xfail:
-  - case: generate/truncate-false-rejects-a-long-prompt
-    issue: 2
-    reason: the core does not hand `truncate` to backends yet
-  - case: chat/truncate-false-rejects-a-long-history
-    issue: 2
-    reason: the core does not hand `truncate` to backends yet
+xfail: []
 """
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,10 +14,19 @@ import pytest
 from litestar.testing import TestClient
 
 from modelyard.config import Settings
-from modelyard.errors import InternalError
+from modelyard.plugin import (
+    Backend,
+    Completion,
+    Event,
+    InternalError,
+    LoadedModel,
+    LoadSpec,
+    ModelView,
+    TextDelta,
+    TokenLoop,
+    hookimpl,
+)
 from modelyard.runtime import hookspecs
-from modelyard.runtime.contract import COMPLETION, Completion, Done, TextDelta
-from modelyard.runtime.hookspecs import hookimpl
 from modelyard.runtime.plugins import Backends, build_plugin_manager
 from modelyard.server import create_app
 
@@ -28,44 +37,30 @@ class FailingSettings(msgspec.Struct, forbid_unknown_fields=True):
     fail_after: int = 1
 
 
-class FailingModel:
-    size = size_vram = 0
+class FailingModel(LoadedModel):
     context_length = 128
 
     def __init__(self, fail_after: int) -> None:
         self.fail_after = fail_after
 
-    async def generate(self, completion: Completion) -> AsyncIterator[Any]:
+    async def generate(self, completion: Completion) -> AsyncGenerator[Event]:
+        loop = TokenLoop(completion, self.context_length)
+        loop.fit([0])
         for index in range(self.fail_after):
-            yield TextDelta(f"word{index} ")
+            yield TextDelta(loop.push(index, f"word{index} "))
         raise InternalError("the engine fell over")
-        yield Done(reason="stop", prompt_eval_count=0, prompt_eval_duration=0, eval_count=0, eval_duration=0)
-
-    async def close(self) -> None:
-        pass
 
 
-class FailingBackend:
+class FailingBackend(Backend):
     name: ClassVar[str] = "failing"
-    Settings: ClassVar[type] = FailingSettings
+    Settings: ClassVar[type[msgspec.Struct]] = FailingSettings
+    settings: FailingSettings
 
-    def __init__(self, settings: FailingSettings) -> None:
-        self.settings = settings
-
-    def serves(self, model: Any) -> bool:
+    def serves(self, model: ModelView) -> bool:
         return True
 
-    def capabilities(self, model: Any) -> frozenset[str]:
-        return frozenset({COMPLETION})
-
-    def load_key(self, model: Any, options: Any) -> tuple:
-        return ()
-
-    async def load(self, model: Any, options: Any) -> FailingModel:
+    async def load(self, model: ModelView, spec: LoadSpec) -> FailingModel:
         return FailingModel(self.settings.fail_after)
-
-    async def close(self) -> None:
-        pass
 
 
 class FailingPlugin:
