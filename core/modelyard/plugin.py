@@ -50,6 +50,7 @@ from modelyard.runtime.text import StopSequences
 from modelyard.runtime.tokenloop import TokenLoop
 from modelyard.store.formats import Blob, ModelFormat, NewModel
 from modelyard.store.gguf import FILE_TYPES, human_number
+from modelyard.store.gguf import read_header as read_gguf_header
 from modelyard.store.local import TITLE_ANNOTATION, FolderView, Layer, ModelConfig, StoredModel
 
 if TYPE_CHECKING:
@@ -122,5 +123,6 @@ __all__ = [
     "hookimpl",
     "human_number",
     "iterate_in_thread",
+    "read_gguf_header",
     "wait_uncancellable",
 ]

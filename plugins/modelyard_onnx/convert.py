@@ -242,7 +242,7 @@ def choose_precision(source: Path) -> tuple[str, str]:
     """The default precision for a GGUF, and why: int8 when most of its weights are already 4-bit or
     smaller (int4 would quantize them a second time, and they drift: docs/onnx.md), else int4."""
     try:
-        from modelyard.store.gguf import read_header
+        from modelyard.plugin import read_gguf_header as read_header
     except ImportError:  # run by file path in a Python without modelyard
         return "int4", "the default (this Python cannot read the GGUF's types)"
     header = read_header(source)
