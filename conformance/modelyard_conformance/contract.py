@@ -102,6 +102,8 @@ class ModelDetails(msgspec.Struct, kw_only=True):
 class ListModel(msgspec.Struct, kw_only=True):
     name: str
     model: str
+    remote_model: str | UnsetType = UNSET
+    remote_host: str | UnsetType = UNSET
     modified_at: str
     size: int
     digest: str
@@ -121,6 +123,8 @@ class ShowResponse(msgspec.Struct, kw_only=True):
     system: str | UnsetType = UNSET
     details: ModelDetails
     messages: list[Message] | UnsetType = UNSET
+    remote_model: str | UnsetType = UNSET
+    remote_host: str | UnsetType = UNSET
     model_info: dict[str, Any]
     tensors: list[dict[str, Any]] | UnsetType = UNSET
     capabilities: list[str] | UnsetType = UNSET
