@@ -17,7 +17,6 @@ from typing import Any
 
 import msgspec
 
-from modelyard.api.ollama.wire import CreateRequest, ProgressResponse
 from modelyard.errors import BadRequest, NotFound
 from modelyard.runtime.options import OPTION_KINDS
 from modelyard.runtime.plugins import Backends
@@ -44,6 +43,7 @@ from modelyard.store.local import (
     sha256_file,
 )
 from modelyard.store.names import ModelName, strip_source
+from modelyard.store.operations import CreateRequest, ProgressResponse
 
 
 def check_digest(digest: str) -> str:

@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import msgspec
 
-from modelyard.api.ollama.wire import ProgressResponse
 from modelyard.errors import BadRequest, InternalError, NotFound
 from modelyard.store.local import DIGEST_PATTERN, MANIFEST_MEDIA_TYPE, Layer, Manifest, ModelStore, atomic_write
 from modelyard.store.names import ModelName
+from modelyard.store.operations import ProgressResponse
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,15 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from modelyard.runtime.messages import Message, ToolCall, ToolCallFunction
+from modelyard.store.operations import CreateRequest, ProgressResponse
 
-__all__ = ["Message", "ToolCall", "ToolCallFunction"]  # re-exported: they are Ollama's wire types too
+__all__ = [
+    "CreateRequest",
+    "Message",
+    "ProgressResponse",
+    "ToolCall",
+    "ToolCallFunction",
+]  # re-exported: they are Ollama's wire types too
 
 
 class Request(msgspec.Struct, kw_only=True):
@@ -204,13 +211,6 @@ class ErrorResponse(Response, kw_only=True):
 # --- model management ---------------------------------------------------------------------------
 
 
-class ProgressResponse(Response, kw_only=True):
-    status: str
-    digest: str | UnsetType = UNSET
-    total: int | UnsetType = UNSET
-    completed: int | UnsetType = UNSET
-
-
 class PullRequest(Request, kw_only=True):
     model: str | None = None
     name: str | None = None  # deprecated alias of model
@@ -221,23 +221,6 @@ class PullRequest(Request, kw_only=True):
 
 
 PushRequest = PullRequest
-
-
-class CreateRequest(Request, kw_only=True):
-    model: str | None = None
-    name: str | None = None  # deprecated alias of model
-    from_: str | None = msgspec.field(default=None, name="from")
-    remote_host: str | None = None  # with `from`: the model is `from` on that server
-    files: dict[str, str] | None = None
-    adapters: dict[str, str] | None = None
-    template: str | None = None
-    license: str | list[str] | None = None
-    system: str | None = None
-    parameters: dict[str, Any] | None = None
-    messages: list[Message] | None = None
-    quantize: str | None = None
-    quantization: str | None = None  # deprecated alias of quantize
-    stream: bool | None = None
 
 
 class CopyRequest(Request, kw_only=True):
