@@ -16,6 +16,7 @@ from modelyard.api.guard import guard_middleware
 from modelyard.api.http import App, handle_http_exception, handle_modelyard_error, handle_unexpected
 from modelyard.api.ollama.encode import UtcClock
 from modelyard.api.ollama.routes import ROUTES
+from modelyard.api.openai.routes import ROUTES as OPENAI_ROUTES
 from modelyard.config import Settings
 from modelyard.errors import ModelyardError
 from modelyard.runtime.catalog import ModelCatalog
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
             await backends.close()
 
     return App(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *OPENAI_ROUTES],
         exception_handlers={
             ModelyardError: handle_modelyard_error,
             HTTPException: handle_http_exception,
