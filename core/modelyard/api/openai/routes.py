@@ -10,8 +10,10 @@ for every path under /v1/).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import struct
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
@@ -29,6 +31,10 @@ from modelyard.api.openai.wire import (
     ChatMessage,
     ChatToolCall,
     CompletionRequest,
+    EmbeddingList,
+    EmbeddingObject,
+    EmbeddingsRequest,
+    EmbeddingsUsage,
     ModelList,
     ModelObject,
     SamplingFields,
@@ -37,7 +43,7 @@ from modelyard.errors import BadRequest, ModelyardError, NotFound
 from modelyard.runtime.aggregate import Aggregate
 from modelyard.runtime.catalog import ModelCatalog
 from modelyard.runtime.contract import Event
-from modelyard.runtime.inference import GenerationRequest
+from modelyard.runtime.inference import EmbedRequest, GenerationRequest, normalized
 from modelyard.runtime.messages import Message, ToolCall, ToolCallFunction
 from modelyard.runtime.options import parse_keep_alive
 from modelyard.store.local import StoredModel
@@ -326,6 +332,47 @@ async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
     return await respond(request, events, bool(body.stream), encoder)
 
 
+@post("/v1/embeddings", status_code=200)
+async def embeddings(request: Request[Any, Any, Any]) -> Response[bytes]:
+    started = time.perf_counter_ns()
+    body = await decode_body(request, EmbeddingsRequest)
+    if not body.model:
+        raise OpenAIError("you must provide a model parameter", param="model")
+    given = body.input
+    if isinstance(given, str):
+        inputs = [given]
+    elif isinstance(given, list) and given and all(isinstance(item, str) for item in given):
+        inputs = given
+    else:
+        raise OpenAIError("invalid input: give a string or a list of strings", param="input")
+    encoding = (body.encoding_format or "float").lower()
+    if encoding not in ("float", "base64"):
+        raise OpenAIError(
+            f"Invalid value for 'encoding_format' = {body.encoding_format}. Supported values: ['float', 'base64'].",
+            param="encoding_format",
+            code="invalid_value",
+        )
+    if body.dimensions is not None and body.dimensions < 1:
+        raise OpenAIError("dimensions must be at least 1", param="dimensions", code="invalid_value")
+    embed_request = EmbedRequest(
+        model=body.model,
+        started=started,
+        inputs=inputs,
+        options=body.options,
+        keep_alive=parse_keep_alive(body.keep_alive),
+    )
+    result = await until_disconnect(request, services(request).inference.embed(embed_request))
+    data = []
+    for index, vector in enumerate(result.vectors):
+        values = normalized(vector, body.dimensions)
+        encoded: list[float] | str = values
+        if encoding == "base64":
+            encoded = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+        data.append(EmbeddingObject(embedding=encoded, index=index))
+    usage = EmbeddingsUsage(prompt_tokens=result.prompt_eval_count, total_tokens=result.prompt_eval_count)
+    return json_response(EmbeddingList(data=data, model=body.model, usage=usage))
+
+
 def model_object(catalog: ModelCatalog, requested: str) -> ModelObject | None:
     found = catalog.lookup(requested)
     if found is None:
@@ -363,4 +410,4 @@ async def retrieve_model(request: Request[Any, Any, Any], model: FromPath[str]) 
     return json_response(found)
 
 
-ROUTES = [chat_completions, completions, models, retrieve_model]
+ROUTES = [chat_completions, completions, embeddings, models, retrieve_model]

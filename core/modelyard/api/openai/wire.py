@@ -224,3 +224,34 @@ class ModelObject(Response, kw_only=True):
 class ModelList(Response, kw_only=True):
     object: str = "list"
     data: list[ModelObject]
+
+
+# --- embeddings -------------------------------------------------------------------------------------
+
+
+class EmbeddingsRequest(Request, kw_only=True):
+    model: str | None = None
+    input: Any = None  # a string or a list of strings (token arrays are not supported)
+    encoding_format: str | None = None  # "float" (default) or "base64": little-endian float32
+    dimensions: int | None = None
+    options: dict[str, Any] | None = None  # Ollama's options, honoured as on chat
+    keep_alive: Any = UNSET
+    user: str | None = None
+
+
+class EmbeddingObject(Response, kw_only=True):
+    object: str = "embedding"
+    embedding: list[float] | str
+    index: int
+
+
+class EmbeddingsUsage(Response, kw_only=True):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(Response, kw_only=True):
+    object: str = "list"
+    data: list[EmbeddingObject]
+    model: str
+    usage: EmbeddingsUsage
