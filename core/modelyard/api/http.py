@@ -16,6 +16,7 @@ from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 from litestar.response import Stream
 
+from modelyard.api.anthropic.errors import anthropic_error_response
 from modelyard.api.ollama.wire import ErrorResponse
 from modelyard.api.openai.errors import openai_error_response
 from modelyard.errors import BadRequest, Canceled, ModelyardError
@@ -42,8 +43,12 @@ def error_response(message: str, status: int) -> Response[bytes]:
 def api_error_response(
     request: Request[Any, Any, Any], message: str, status: int, exc: BaseException | None = None
 ) -> Response[bytes]:
-    """The error in the envelope of the API its path belongs to: OpenAI's under /v1/, else Ollama's."""
-    if request.scope["path"].startswith("/v1/"):
+    """The error in the envelope of the API its path belongs to: Anthropic's for /v1/messages, OpenAI's
+    under /v1/, else Ollama's."""
+    path = request.scope["path"]
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return anthropic_error_response(message, status)
+    if path.startswith("/v1/"):
         return openai_error_response(message, status, exc)
     return error_response(message, status)
 
