@@ -267,3 +267,38 @@ def test_httpx_without_sdk_gets_plain_json(llama_server):
     response = httpx.get(llama_server.url + "/v1/models/no-such-model")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "model_not_found"
+
+
+# --- /v1/responses, stateless ---------------------------------------------------------------------------
+
+
+def test_responses_answers_text(client):
+    response = client.responses.create(
+        model=MODEL, instructions="Answer briefly.", input="Why is the sky blue?", max_output_tokens=6
+    )
+    assert response.id.startswith("resp_") and response.object == "response"
+    assert response.output_text
+    assert response.status == "incomplete" and response.incomplete_details.reason == "max_output_tokens"
+    assert response.usage.output_tokens == 6
+
+
+def test_responses_stream_named_events(client):
+    events = list(client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=4, stream=True))
+    kinds = [event.type for event in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-1] == "response.incomplete"
+    text = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+    done = next(event for event in events if event.type == "response.output_text.done")
+    assert text and done.text == text
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+
+
+def test_responses_refuses_stored_state(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=MODEL, input="hi", previous_response_id="resp_1")
+    assert caught.value.body["param"] == "previous_response_id"

@@ -26,6 +26,7 @@ from litestar.response import Stream
 from modelyard.api.http import decode_body, json_response, until_disconnect
 from modelyard.api.openai.encode import ChatEncoder, CompletionEncoder
 from modelyard.api.openai.errors import ErrorBody, OpenAIError, error_detail
+from modelyard.api.openai.responses import responses
 from modelyard.api.openai.wire import (
     ChatCompletionRequest,
     ChatMessage,
@@ -410,4 +411,4 @@ async def retrieve_model(request: Request[Any, Any, Any], model: FromPath[str]) 
     return json_response(found)
 
 
-ROUTES = [chat_completions, completions, embeddings, models, retrieve_model]
+ROUTES = [chat_completions, completions, embeddings, responses, models, retrieve_model]
