@@ -4,6 +4,7 @@ official `openai` SDK, and the vectors checked against a reference computed with
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -233,3 +234,18 @@ def test_openai_embeddings_errors(sdk):
 def test_openai_chat_on_an_embedding_model_is_400(sdk):
     with pytest.raises(openai.BadRequestError):
         sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+
+
+def test_langchain_ollama_embeddings(embed_server):
+    from langchain_ollama import OllamaEmbeddings
+
+    embedder = OllamaEmbeddings(model=MODEL, base_url=embed_server.url)
+    try:
+        documents = embedder.embed_documents(SENTENCES[:3])
+        query = embedder.embed_query(SENTENCES[0])
+    finally:
+        embedder._client._client.close()  # its httpx clients stay open otherwise
+        asyncio.run(embedder._async_client._client.aclose())
+    assert [len(vector) for vector in documents] == [384, 384, 384]
+    assert cosine(query, documents[0]) > 0.99999
+    assert cosine(query, documents[1]) < 0.9
