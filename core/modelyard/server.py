@@ -12,10 +12,12 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
 from modelyard import __version__
+from modelyard.api.anthropic.routes import ROUTES as ANTHROPIC_ROUTES
 from modelyard.api.guard import guard_middleware
 from modelyard.api.http import App, handle_http_exception, handle_modelyard_error, handle_unexpected
 from modelyard.api.ollama.encode import UtcClock
 from modelyard.api.ollama.routes import ROUTES
+from modelyard.api.openai.routes import ROUTES as OPENAI_ROUTES
 from modelyard.config import Settings
 from modelyard.errors import ModelyardError
 from modelyard.runtime.catalog import ModelCatalog
@@ -60,7 +62,7 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
             await backends.close()
 
     return App(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *OPENAI_ROUTES, *ANTHROPIC_ROUTES],
         exception_handlers={
             ModelyardError: handle_modelyard_error,
             HTTPException: handle_http_exception,

@@ -21,6 +21,7 @@ import msgspec
 
 from modelyard.plugin import (
     COMPLETION,
+    EMBEDDING,
     FILE_TYPES,
     MIN_CONTEXT,
     TOOLS,
@@ -39,6 +40,7 @@ from modelyard.plugin import (
     hookimpl,
     iterate_in_thread,
 )
+from modelyard_llamacpp.embed import LlamaCppEmbeddingModel, is_embedding_model
 
 if TYPE_CHECKING:
     from modelyard.plugin import ChatTemplate
@@ -116,6 +118,8 @@ class LlamaCppBackend(Backend):
         return model.format == "gguf"
 
     def capabilities(self, model: ModelView) -> frozenset[str]:
+        if is_embedding_model(model.metadata):
+            return frozenset({EMBEDDING})
         found = {COMPLETION}
         template = str(model.metadata.get("tokenizer.chat_template", ""))
         if "tools" in template:
@@ -140,7 +144,7 @@ class LlamaCppBackend(Backend):
         weights = model.files["model"].stat().st_size + (adapter.stat().st_size if adapter else 0)
         return weights + _kv_cache_bytes(model.metadata, spec.context_length)
 
-    async def load(self, model: ModelView, spec: LoadSpec) -> LlamaCppModel:
+    async def load(self, model: ModelView, spec: LoadSpec) -> LoadedModel:
         try:
             import llama_cpp
         except ImportError as exc:
@@ -159,6 +163,8 @@ class LlamaCppBackend(Backend):
                 finally:
                     engine_said.extend(lines)
 
+        embedding = is_embedding_model(model.metadata)
+
         def build() -> Any:
             return llama_cpp.Llama(
                 str(weights),
@@ -172,6 +178,7 @@ class LlamaCppBackend(Backend):
                 use_mmap=True if spec.use_mmap is None else spec.use_mmap,
                 flash_attn=self.settings.flash_attn,
                 lora_path=str(adapter) if adapter else None,
+                embedding=embedding,  # an embedding model gets a context that pools (embed.py)
                 verbose=self.settings.verbose,
             )
 
@@ -180,6 +187,8 @@ class LlamaCppBackend(Backend):
         except (ValueError, RuntimeError, MemoryError) as exc:
             reason = "; ".join(engine_said) or str(exc) or type(exc).__name__
             raise InternalError(f"llama.cpp could not load {weights} ({model.name}): {reason}") from exc
+        if embedding:
+            return LlamaCppEmbeddingModel(llm, model, spec.context_length, self.memory_estimate(model, spec))
         return LlamaCppModel(llm, model, spec.context_length, self.memory_estimate(model, spec))
 
     async def quantize(self, source: Path, target: Path, file_type: str) -> None:

@@ -16,7 +16,9 @@ from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 from litestar.response import Stream
 
+from modelyard.api.anthropic.errors import anthropic_error_response
 from modelyard.api.ollama.wire import ErrorResponse
+from modelyard.api.openai.errors import openai_error_response
 from modelyard.errors import BadRequest, Canceled, ModelyardError
 from modelyard.store.gguf import GGUFError
 
@@ -36,6 +38,19 @@ def json_response(body: msgspec.Struct, status: int = 200) -> Response[bytes]:
 
 def error_response(message: str, status: int) -> Response[bytes]:
     return json_response(ErrorResponse(error=message), status)
+
+
+def api_error_response(
+    request: Request[Any, Any, Any], message: str, status: int, exc: BaseException | None = None
+) -> Response[bytes]:
+    """The error in the envelope of the API its path belongs to: Anthropic's for /v1/messages, OpenAI's
+    under /v1/, else Ollama's."""
+    path = request.scope["path"]
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return anthropic_error_response(message, status)
+    if path.startswith("/v1/"):
+        return openai_error_response(message, status, exc)
+    return error_response(message, status)
 
 
 async def decode_body(request: Request[Any, Any, Any], body_type: type[Body]) -> Body:
@@ -144,26 +159,26 @@ def last_chunk(chunks: list[Body]) -> Body:
 # --- errors ---------------------------------------------------------------------------------------
 
 
-def handle_modelyard_error(_: Request[Any, Any, Any], exc: ModelyardError) -> Response[bytes]:
-    return error_response(exc.message, exc.status)
+def handle_modelyard_error(request: Request[Any, Any, Any], exc: ModelyardError) -> Response[bytes]:
+    return api_error_response(request, exc.message, exc.status, exc)
 
 
 def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     if exc.status_code == 413:  # Litestar's body limit (request_max_body_size)
         limit = request.route_handler.resolve_request_max_body_size()
-        return error_response(f"request body is larger than {limit} bytes (MODELYARD_MAX_BODY_SIZE)", 413)
+        return api_error_response(request, f"request body is larger than {limit} bytes (MODELYARD_MAX_BODY_SIZE)", 413)
     if isinstance(exc, NotFoundException):
         return Response("404 page not found", status_code=404, media_type="text/plain")
     if isinstance(exc, MethodNotAllowedException):
         return Response("405 method not allowed", status_code=405, media_type="text/plain")
-    return error_response(exc.detail, exc.status_code)
+    return api_error_response(request, exc.detail, exc.status_code)
 
 
-def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     if isinstance(exc, GGUFError):
-        return error_response(str(exc), 500)
+        return api_error_response(request, str(exc), 500)
     log.exception("unhandled error", exc_info=exc)
-    return error_response(str(exc) or type(exc).__name__, 500)
+    return api_error_response(request, str(exc) or type(exc).__name__, 500)
 
 
 class App(Litestar):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -20,10 +21,11 @@ from typing import Any
 
 import msgspec
 
-from modelyard.errors import BadRequest, NotFound
+from modelyard.errors import BadRequest, InternalError, NotFound
 from modelyard.runtime.catalog import ModelCatalog
 from modelyard.runtime.contract import (
     COMPLETION,
+    EMBEDDING,
     INSERT,
     THINKING,
     TOOLS,
@@ -66,6 +68,36 @@ class GenerationRequest(msgspec.Struct, kw_only=True):
     top_logprobs: int | None = None
     keep_alive: float | None = None  # seconds (parsed by the API: each has its own syntax); None: the model's
     truncate: bool = True
+
+
+class EmbedRequest(msgspec.Struct, kw_only=True):
+    """One embedding request, as any API hands it to the service."""
+
+    model: str
+    started: int  # time.perf_counter_ns() when the request arrived
+    inputs: list[str]  # none: the model is only loaded
+    truncate: bool = True  # an input longer than the context: cut it (else BadRequest)
+    options: dict[str, Any] | None = None
+    keep_alive: float | None = None
+
+
+class EmbedResult(msgspec.Struct, kw_only=True):
+    """The engine's vectors (not normalised: each API decides) and the request's measurements."""
+
+    vectors: list[list[float]]
+    prompt_eval_count: int
+    load_duration: int  # ns, loading and waiting for the model
+    total_duration: int  # ns, from the request's arrival
+
+
+def normalized(vector: list[float], dimensions: int | None = None) -> list[float]:
+    """The vector cut to `dimensions` (when given and shorter) and scaled to length 1, as Ollama's embed does."""
+    if dimensions:
+        vector = vector[:dimensions]
+    if not all(math.isfinite(value) for value in vector):
+        raise InternalError("embedding contains NaN or Inf values")
+    length = math.sqrt(sum(value * value for value in vector))
+    return [value / length for value in vector] if length > 0 else list(vector)
 
 
 def full_name(model: ModelView) -> str:
@@ -227,6 +259,38 @@ class Inference:
                 yield event
         finally:
             await lease.release()
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        """Vectors for `request.inputs` from a model with the EMBEDDING capability (Ollama's /api/embed,
+        /api/embeddings and OpenAI's /v1/embeddings); no inputs only loads the model."""
+        requested = request.model
+        model = self.catalog.find(requested) if requested else None
+        if model is None:
+            raise NotFound(f'model "{requested}" not found, try pulling it first')
+        backend = self.backends.for_model(model)
+        if EMBEDDING not in model_capabilities(model, backend):
+            raise BadRequest(f'"{requested}" does not support embeddings')
+        lease, _, _ = await self._lease(
+            model,
+            backend,
+            GenerationRequest(
+                model=requested, started=request.started, options=request.options, keep_alive=request.keep_alive
+            ),
+        )
+        try:
+            embeddings = await lease.model.embed(request.inputs, truncate=request.truncate) if request.inputs else None
+        finally:
+            await lease.release()
+        if embeddings is not None and len(embeddings.vectors) != len(request.inputs):
+            raise InternalError(
+                f"the backend returned {len(embeddings.vectors)} vectors for {len(request.inputs)} inputs"
+            )
+        return EmbedResult(
+            vectors=embeddings.vectors if embeddings else [],
+            prompt_eval_count=embeddings.prompt_eval_count if embeddings else 0,
+            load_duration=lease.load_duration + lease.queue_duration,
+            total_duration=time.perf_counter_ns() - request.started,
+        )
 
     async def _run(self, lease: Lease, completion: Completion, started: int) -> AsyncGenerator[Event]:
         """The engine's events, with the core's durations on the final Done."""

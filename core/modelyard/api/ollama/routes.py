@@ -35,16 +35,21 @@ from modelyard.api.ollama.wire import (
     CopyRequest,
     CreateRequest,
     DeleteRequest,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbedRequest,
+    EmbedResponse,
     GenerateRequest,
     PullRequest,
     PushRequest,
     ShowRequest,
     VersionResponse,
 )
-from modelyard.errors import ModelyardError
+from modelyard.errors import BadRequest, ModelyardError, NotFound
 from modelyard.runtime.aggregate import Aggregate
 from modelyard.runtime.contract import Done, Event
-from modelyard.runtime.inference import GenerationRequest
+from modelyard.runtime.inference import EmbedRequest as EmbedRequest_
+from modelyard.runtime.inference import GenerationRequest, normalized
 from modelyard.runtime.options import parse_keep_alive
 
 if TYPE_CHECKING:
@@ -173,6 +178,68 @@ async def chat(request: Request[Any, Any, Any]) -> Response[Any]:
     return await respond_events(request, events, body.stream is not False, encoder)
 
 
+@post("/api/embed", status_code=200)
+async def embed(request: Request[Any, Any, Any]) -> Response[bytes]:
+    started = time.perf_counter_ns()
+    body = await decode_body(request, EmbedRequest)
+    keep_alive = parse_keep_alive(body.keep_alive)
+    if not body.model:
+        raise NotFound("model '' not found")
+    given = body.input
+    if given is None or given == "":
+        inputs: list[str] = []
+    elif isinstance(given, str):
+        inputs = [given]
+    elif isinstance(given, list) and all(isinstance(item, str) for item in given):
+        inputs = given
+    else:
+        raise BadRequest("invalid input type")
+    if body.dimensions is not None and body.dimensions < 0:
+        raise BadRequest("dimensions must be a positive number")
+    result = await until_disconnect(
+        request,
+        services(request).inference.embed(
+            EmbedRequest_(
+                model=body.model,
+                started=started,
+                inputs=inputs,
+                truncate=body.truncate is not False,
+                options=body.options,
+                keep_alive=keep_alive,
+            )
+        ),
+    )
+    vectors = [normalized(vector, body.dimensions) for vector in result.vectors]
+    return json_response(
+        EmbedResponse(
+            model=body.model,
+            embeddings=vectors,
+            total_duration=result.total_duration,
+            load_duration=result.load_duration,
+            prompt_eval_count=result.prompt_eval_count,
+        )
+    )
+
+
+@post("/api/embeddings", status_code=200)
+async def embeddings(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The legacy endpoint: one prompt, its vector as the engine gives it (not normalised)."""
+    started = time.perf_counter_ns()
+    body = await decode_body(request, EmbeddingRequest)
+    keep_alive = parse_keep_alive(body.keep_alive)
+    if not body.model:
+        raise BadRequest("model is required")
+    request_ = EmbedRequest_(
+        model=body.model,
+        started=started,
+        inputs=[body.prompt] if body.prompt else [],
+        options=body.options,
+        keep_alive=keep_alive,
+    )
+    result = await until_disconnect(request, services(request).inference.embed(request_))
+    return json_response(EmbeddingResponse(embedding=result.vectors[0] if result.vectors else []))
+
+
 @get("/api/tags")
 async def tags(request: Request[Any, Any, Any]) -> Response[bytes]:
     state = services(request)
@@ -252,6 +319,8 @@ ROUTES = [
     version_head,
     generate,
     chat,
+    embed,
+    embeddings,
     tags,
     tags_head,
     show,

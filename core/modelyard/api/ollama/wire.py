@@ -231,3 +231,36 @@ class CopyRequest(Request, kw_only=True):
 class DeleteRequest(Request, kw_only=True):
     model: str | None = None
     name: str | None = None  # deprecated alias of model
+
+
+# --- embeddings ---------------------------------------------------------------------------------
+
+
+class EmbedRequest(Request, kw_only=True):
+    model: str | None = None
+    input: Any = None  # a string or a list of strings; checked after decoding ("invalid input type")
+    truncate: bool | None = None
+    dimensions: int | None = None
+    keep_alive: Any = UNSET
+    options: dict[str, Any] | None = None
+
+
+class EmbedResponse(Response, kw_only=True):
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int | UnsetType = UNSET
+    load_duration: int | UnsetType = UNSET
+    prompt_eval_count: int | UnsetType = UNSET
+
+
+class EmbeddingRequest(Request, kw_only=True):
+    """The legacy /api/embeddings request."""
+
+    model: str | None = None
+    prompt: str | None = None
+    keep_alive: Any = UNSET
+    options: dict[str, Any] | None = None
+
+
+class EmbeddingResponse(Response, kw_only=True):
+    embedding: list[float]
