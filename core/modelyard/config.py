@@ -15,6 +15,8 @@ from modelyard.runtime.scheduler import DEFAULT_MAX_LOADED_MODELS, DEFAULT_MAX_Q
 DEFAULT_PORT = 11434
 # Ollama reads bodies without a limit; a chat with several large images runs to tens of megabytes.
 DEFAULT_MAX_BODY_SIZE = 1024**3
+# What a health check or a load balancer asks: open even when keys are on (MODELYARD_OPEN_PATHS).
+DEFAULT_OPEN_PATHS = ("/", "/api/version")
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 
 
@@ -83,6 +85,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     num_parallel: int = 1  # requests one loaded model serves at once, where its backend allows it
     max_loaded_models: int = DEFAULT_MAX_LOADED_MODELS  # loading one more evicts the least recently used
     max_queue: int = DEFAULT_MAX_QUEUE  # requests that may wait for a model; more get 503
+    api_keys: Path | None = None  # the keys file (docs/security.md); None: no keys asked for
+    open_paths: tuple[str, ...] = DEFAULT_OPEN_PATHS  # paths answered without a key when keys are on
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -90,6 +94,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         models = env.get("MODELYARD_MODELS") or env.get("OLLAMA_MODELS")
         backends = env.get("MODELYARD_BACKENDS")
         bundled = env.get("MODELYARD_BUNDLED_MODELS", "").strip()
+        api_keys = env.get("MODELYARD_API_KEYS", "").strip()
+        open_paths = env.get("MODELYARD_OPEN_PATHS")
         return cls(
             host=host,
             port=port,
@@ -110,4 +116,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             ),
             # 0 is Ollama's unbuffered queue: a request that cannot start at once is turned away.
             max_queue=parse_count(env, "OLLAMA_MAX_QUEUE", DEFAULT_MAX_QUEUE, zero=0),
+            api_keys=Path(api_keys).expanduser() if api_keys else None,
+            open_paths=DEFAULT_OPEN_PATHS
+            if open_paths is None
+            else tuple(p.strip() for p in open_paths.split(",") if p.strip() not in ("", "none")),
         )

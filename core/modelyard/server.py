@@ -12,6 +12,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
 from modelyard import __version__
+from modelyard.api.auth import KeyRing, auth_middleware, insecure_bind_warning
 from modelyard.api.guard import guard_middleware
 from modelyard.api.http import App, handle_http_exception, handle_modelyard_error, handle_unexpected
 from modelyard.api.ollama.encode import UtcClock
@@ -43,6 +44,9 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
         max_loaded_models=settings.max_loaded_models,
         max_queue=settings.max_queue,
     )
+    middleware = [guard_middleware(settings)]  # outermost first
+    if settings.api_keys is not None:
+        middleware.append(auth_middleware(settings, KeyRing(settings.api_keys)))  # a broken file stops here
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -53,6 +57,8 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
             store.root,
             ", ".join(b.name for b in backends.backends) or "none",
         )
+        if warning := insecure_bind_warning(settings):
+            log.warning(warning)
         try:
             yield
         finally:
@@ -67,7 +73,7 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
             Exception: handle_unexpected,
         },
         lifespan=[lifespan],
-        middleware=[guard_middleware(settings)],
+        middleware=middleware,
         state=State(
             {
                 "settings": settings,
