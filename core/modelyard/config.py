@@ -40,6 +40,14 @@ def parse_count(env: Mapping[str, str], name: str, default: int, zero: int) -> i
     return int(text) or zero
 
 
+def parse_choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """A setting with a few allowed values, the first being the default."""
+    text = env.get(name, "").strip().lower() or choices[0]
+    if text not in choices:
+        raise ValueError(f"invalid {name} {text!r}: expected {' or '.join(choices)}")
+    return text
+
+
 def parse_host(value: str | None) -> tuple[str, int]:
     """OLLAMA_HOST as Ollama reads it: `host:port`, `:port`, `host`, optionally with a scheme."""
     text = (value or "").strip()
@@ -87,6 +95,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_queue: int = DEFAULT_MAX_QUEUE  # requests that may wait for a model; more get 503
     api_keys: Path | None = None  # the keys file (docs/security.md); None: no keys asked for
     open_paths: tuple[str, ...] = DEFAULT_OPEN_PATHS  # paths answered without a key when keys are on
+    log_format: str = "text"  # or "json": one JSON object a log line
+    log_prompts: bool = False  # put prompts in request log lines
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -117,6 +127,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             # 0 is Ollama's unbuffered queue: a request that cannot start at once is turned away.
             max_queue=parse_count(env, "OLLAMA_MAX_QUEUE", DEFAULT_MAX_QUEUE, zero=0),
             api_keys=Path(api_keys).expanduser() if api_keys else None,
+            log_format=parse_choice(env, "MODELYARD_LOG_FORMAT", ("text", "json")),
+            log_prompts=env.get("MODELYARD_LOG_PROMPTS", "") not in ("", "0", "false"),
             open_paths=DEFAULT_OPEN_PATHS
             if open_paths is None
             else tuple(p.strip() for p in open_paths.split(",") if p.strip() not in ("", "none")),

@@ -15,14 +15,14 @@ from modelyard import __version__
 from modelyard.api.auth import KeyRing, auth_middleware, insecure_bind_warning
 from modelyard.api.guard import guard_middleware
 from modelyard.api.http import App, handle_http_exception, handle_modelyard_error, handle_unexpected
+from modelyard.api.logs import observe_middleware
+from modelyard.api.metrics import MeteredInference, MeteredScheduler, Metrics, metrics_endpoint
 from modelyard.api.ollama.encode import UtcClock
 from modelyard.api.ollama.routes import ROUTES
 from modelyard.config import Settings
 from modelyard.errors import ModelyardError
 from modelyard.runtime.catalog import ModelCatalog
-from modelyard.runtime.inference import Inference
 from modelyard.runtime.plugins import Backends, build_plugin_manager
-from modelyard.runtime.scheduler import Scheduler
 from modelyard.store.bundled import install_bundled_models
 from modelyard.store.formats import Formats
 from modelyard.store.local import ModelStore
@@ -38,13 +38,15 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
     store = ModelStore(settings.models, Formats.discover(manager))
     backends = Backends.discover(manager, settings.backends)
     catalog = ModelCatalog(store, backends)
-    scheduler = Scheduler(
+    scheduler = MeteredScheduler(
         settings.keep_alive,
         num_parallel=settings.num_parallel,
         max_loaded_models=settings.max_loaded_models,
         max_queue=settings.max_queue,
     )
-    middleware = [guard_middleware(settings)]  # outermost first
+    metrics = Metrics(scheduler)
+    # Outermost first: every answer, the guard's and the key check's included, is logged and counted.
+    middleware = [observe_middleware([metrics.observe_http]), guard_middleware(settings)]
     if settings.api_keys is not None:
         middleware.append(auth_middleware(settings, KeyRing(settings.api_keys)))  # a broken file stops here
 
@@ -66,7 +68,7 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
             await backends.close()
 
     return App(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, metrics_endpoint],
         exception_handlers={
             ModelyardError: handle_modelyard_error,
             HTTPException: handle_http_exception,
@@ -81,7 +83,15 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
                 "backends": backends,
                 "scheduler": scheduler,
                 "catalog": catalog,
-                "inference": Inference(catalog, backends, scheduler, settings.context_length),
+                "inference": MeteredInference(
+                    catalog,
+                    backends,
+                    scheduler,
+                    settings.context_length,
+                    metrics=metrics,
+                    log_prompts=settings.log_prompts,
+                ),
+                "metrics": metrics,
                 "management": Management(store, backends, scheduler, prune=not settings.noprune),
                 "registry": None,  # see registry()
                 "plugin_manager": manager,
@@ -89,6 +99,7 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
             }
         ),
         openapi_config=None,
+        logging_config=None,  # the server's log is set up by `modelyard serve` (text or JSON lines)
         request_max_body_size=settings.max_body_size,  # /api/blobs sets its own: none
         debug=False,
     )

@@ -4,9 +4,8 @@ editing the file of a running server. The server runs the echo backend: the chec
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import functools
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from modelyard.api.auth import (
     read_key_file,
     write_key_file,
 )
+from modelyard.cli import main
 from modelyard.config import Settings
 from modelyard.server import create_app
 from modelyard_conformance.launcher import ServerProcess
@@ -160,45 +160,73 @@ def test_a_key_over_its_rate_gets_429_with_retry_after(server, keys):
         assert other.get("/api/ps").status_code == 200
 
 
-def modelyard(server: ServerProcess, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "OLLAMA_HOST": server.url, **env}
-    for name in ("MODELYARD_API_KEY", "OLLAMA_API_KEY"):
-        if name not in env:
-            environment.pop(name, None)
-    return subprocess.run(
-        [sys.executable, "-m", "modelyard", *args], env=environment, capture_output=True, text=True, timeout=60
-    )
+def modelyard(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], server: ServerProcess, *args: str, **env: str
+) -> tuple[int, str, str]:
+    """The CLI, run in this process (a subprocess per call costs seconds of imports): status, stdout, stderr."""
+    for name in ("MODELYARD_API_KEY", "OLLAMA_API_KEY", "MODELYARD_API_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OLLAMA_HOST", server.url)
+    for name, setting in env.items():
+        monkeypatch.setenv(name, setting)
+    capsys.readouterr()
+    status = main(list(args))
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
-def test_keys_added_and_removed_by_the_cli_take_effect_without_a_restart(server, keys):
-    added = modelyard(server, "keys", "add", "newcomer", "--model", "smollm2", MODELYARD_API_KEYS=str(keys.path))
-    assert added.returncode == 0, added.stderr
-    key = added.stdout.strip()
-    assert key.startswith("myk_") and "shown only once" in added.stderr
+def test_keys_added_and_removed_by_the_cli_take_effect_without_a_restart(server, keys, monkeypatch, capsys):
+    run = functools.partial(modelyard, monkeypatch, capsys, server)
+    status, out, err = run("keys", "add", "newcomer", "--model", "smollm2", MODELYARD_API_KEYS=str(keys.path))
+    assert status == 0, err
+    key = out.strip()
+    assert key.startswith("myk_") and "shown only once" in err
     assert key not in keys.path.read_text()  # only its hash is kept
     assert oct(keys.path.stat().st_mode & 0o777) == "0o600"
 
-    listed = modelyard(server, "keys", "list", "--file", str(keys.path))
-    row = next(line for line in listed.stdout.splitlines() if line.startswith("newcomer"))
+    status, out, _ = run("keys", "list", "--file", str(keys.path))
+    row = next(line for line in out.splitlines() if line.startswith("newcomer"))
     assert row.split()[1:4] == [key[:10] + "...", "inference", "smollm2"]
 
     with client(server, key) as newcomer:
         assert newcomer.get("/api/tags").status_code == 200
-        assert modelyard(server, "keys", "rm", "newcomer", MODELYARD_API_KEYS=str(keys.path)).returncode == 0
+        assert run("keys", "rm", "newcomer", MODELYARD_API_KEYS=str(keys.path))[0] == 0
         assert newcomer.get("/api/tags").status_code == 401
-    assert modelyard(server, "keys", "rm", "newcomer", MODELYARD_API_KEYS=str(keys.path)).returncode == 1
+    assert run("keys", "rm", "newcomer", MODELYARD_API_KEYS=str(keys.path))[0] == 1
 
 
-def test_the_cli_sends_modelyard_api_key_or_ollama_api_key(server, keys):
+def test_the_cli_sends_modelyard_api_key_or_ollama_api_key(server, keys, monkeypatch, capsys):
+    run = functools.partial(modelyard, monkeypatch, capsys, server)
     for variable in ("MODELYARD_API_KEY", "OLLAMA_API_KEY"):
-        listed = modelyard(server, "list", **{variable: keys.user})
-        assert listed.returncode == 0, listed.stderr
-        assert MODEL in listed.stdout
-    refused = modelyard(server, "list")
-    assert refused.returncode == 1
-    assert "unauthorized" in refused.stderr and "MODELYARD_API_KEY" in refused.stderr
-    forbidden = modelyard(server, "rm", MODEL, MODELYARD_API_KEY=keys.user)
-    assert forbidden.returncode == 1 and "admin scope" in forbidden.stderr
+        status, out, err = run("list", **{variable: keys.user})
+        assert status == 0, err
+        assert MODEL in out
+    status, _, err = run("list")
+    assert status == 1
+    assert "unauthorized" in err and "MODELYARD_API_KEY" in err
+    status, _, err = run("rm", MODEL, MODELYARD_API_KEY=keys.user)
+    assert status == 1 and "admin scope" in err
+
+
+def test_the_request_log_names_the_key_and_leaves_prompts_out(server, keys):
+    with client(server, keys.user) as user:
+        answered = user.post(
+            "/api/chat",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "secret words"}], "stream": False},
+            headers={"X-Request-Id": "keyed-1"},
+        )
+        assert answered.status_code == 200 and answered.headers["x-request-id"] == "keyed-1"
+    with client(server) as anonymous:
+        assert anonymous.get("/api/ps", headers={"X-Request-Id": "keyless-1"}).status_code == 401
+    deadline = time.monotonic() + 30
+    while "request_id=keyless-1" not in server.log_path.read_text():  # written once the answer is sent
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    log = server.log_path.read_text()
+    line = next(line for line in log.splitlines() if "request_id=keyed-1" in line)
+    assert "POST /api/chat 200" in line and "key=user" in line and f"model={MODEL}" in line and "eval_tokens=" in line
+    assert "GET /api/ps 401" in next(line for line in log.splitlines() if "request_id=keyless-1" in line)
+    assert "secret words" not in log
 
 
 # --- without a server ------------------------------------------------------------------------------
@@ -274,3 +302,12 @@ def test_a_browser_preflight_is_answered_before_any_key_is_asked_for(server, key
     with client(server, keys.user) as browser:  # the real request, with its key, gets the CORS headers too
         tags = browser.get("/api/tags", headers={"origin": "http://localhost:3000"})
         assert tags.status_code == 200 and tags.headers["access-control-allow-origin"] == "http://localhost:3000"
+
+
+def test_metrics_need_the_metrics_scope_when_keys_are_on(server, keys):
+    with client(server, keys.metrics) as scraper, client(server, keys.user) as user, client(server) as anonymous:
+        scraped = scraper.get("/metrics")
+        assert scraped.status_code == 200 and "modelyard:http_requests_total" in scraped.text
+        assert user.get("/metrics").status_code == 403
+        assert anonymous.get("/metrics").status_code == 401
+        assert scraper.get("/api/tags").status_code == 403  # and nothing else

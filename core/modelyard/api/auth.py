@@ -27,6 +27,7 @@ from pathlib import Path
 import msgspec
 from litestar.types import ASGIApp, HTTPRequestEvent, Receive, ReceiveMessage, Scope, Send
 
+from modelyard.api.logs import CURRENT_EXCHANGE
 from modelyard.config import Settings
 from modelyard.errors import BadRequest
 from modelyard.store.names import ModelName, strip_source
@@ -40,7 +41,6 @@ ADMIN_PATHS = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delet
 KEY_PREFIX = "myk_"
 # Body fields that name a model, in the Ollama, OpenAI and Anthropic APIs alike.
 MODEL_FIELDS = ("model", "name", "source", "destination", "from")
-SCOPE_KEY = "modelyard.api_key"  # where the middleware leaves the caller's key for the request log
 
 
 class ApiKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -275,7 +275,8 @@ def auth_middleware(settings: Settings, ring: KeyRing) -> Callable[[ASGIApp], AS
                 message = "unauthorized: invalid API key" if presented else "unauthorized: an API key is required"
                 await answer_error(send, 401, message, [(b"www-authenticate", b'Bearer realm="modelyard"')])
                 return
-            scope[SCOPE_KEY] = key.name  # type: ignore[literal-required]
+            if (exchange := CURRENT_EXCHANGE.get()) is not None:
+                exchange.key = key.name  # for the request log
             needed = required_scope(path)
             if not key.allows_scope(needed):
                 await answer_error(send, 403, f'forbidden: API key "{key.name}" does not have the {needed} scope')

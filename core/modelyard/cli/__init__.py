@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import logging
 import os
 import sys
 from collections.abc import Generator
@@ -120,17 +119,27 @@ def print_table(rows: list[list[str]]) -> None:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from modelyard.api.logs import configure_logging
     from modelyard.config import Settings
     from modelyard.server import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
+        configure_logging(settings.log_format)
         app = create_app(settings)
     except ValueError as exc:  # a setting that cannot be right: stop before listening, and say which
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=args.access_log)
+    # JSON lines: uvicorn's own loggers then go through the root handler rather than its coloured text.
+    log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=args.access_log,
+        log_config=log_config,
+    )
     return 0
 
 
@@ -435,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        client.http.close()
 
 
 if __name__ == "__main__":
