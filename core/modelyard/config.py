@@ -48,6 +48,19 @@ def parse_choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) ->
     return text
 
 
+def parse_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        seconds = float(text.removesuffix("s"))
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < 86400:
+        raise ValueError(f"invalid {name} {text!r}: expected seconds, 0 or more")
+    return seconds
+
+
 def parse_host(value: str | None) -> tuple[str, int]:
     """OLLAMA_HOST as Ollama reads it: `host:port`, `:port`, `host`, optionally with a scheme."""
     text = (value or "").strip()
@@ -97,6 +110,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     open_paths: tuple[str, ...] = DEFAULT_OPEN_PATHS  # paths answered without a key when keys are on
     log_format: str = "text"  # or "json": one JSON object a log line
     log_prompts: bool = False  # put prompts in request log lines
+    shutdown_timeout: float = 10.0  # seconds running requests may take to finish after SIGTERM
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -129,6 +143,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             api_keys=Path(api_keys).expanduser() if api_keys else None,
             log_format=parse_choice(env, "MODELYARD_LOG_FORMAT", ("text", "json")),
             log_prompts=env.get("MODELYARD_LOG_PROMPTS", "") not in ("", "0", "false"),
+            shutdown_timeout=parse_seconds(env, "MODELYARD_SHUTDOWN_TIMEOUT", 10.0),
             open_paths=DEFAULT_OPEN_PATHS
             if open_paths is None
             else tuple(p.strip() for p in open_paths.split(",") if p.strip() not in ("", "none")),

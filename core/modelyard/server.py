@@ -19,6 +19,7 @@ from modelyard.api.logs import observe_middleware
 from modelyard.api.metrics import MeteredInference, MeteredScheduler, Metrics, metrics_endpoint
 from modelyard.api.ollama.encode import UtcClock
 from modelyard.api.ollama.routes import ROUTES
+from modelyard.api.shutdown import Drain
 from modelyard.config import Settings
 from modelyard.errors import ModelyardError
 from modelyard.runtime.catalog import ModelCatalog
@@ -38,11 +39,13 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
     store = ModelStore(settings.models, Formats.discover(manager))
     backends = Backends.discover(manager, settings.backends)
     catalog = ModelCatalog(store, backends)
+    drain = Drain(settings.shutdown_timeout)
     scheduler = MeteredScheduler(
         settings.keep_alive,
         num_parallel=settings.num_parallel,
         max_loaded_models=settings.max_loaded_models,
         max_queue=settings.max_queue,
+        drain=drain,
     )
     metrics = Metrics(scheduler)
     # Outermost first: every answer, the guard's and the key check's included, is logged and counted.
@@ -64,8 +67,9 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
         try:
             yield
         finally:
-            await scheduler.close()
+            await scheduler.close()  # every model unloaded, once the running requests are done
             await backends.close()
+            log.info("models unloaded")
 
     return App(
         route_handlers=[*ROUTES, metrics_endpoint],
@@ -89,9 +93,11 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
                     scheduler,
                     settings.context_length,
                     metrics=metrics,
+                    drain=drain,
                     log_prompts=settings.log_prompts,
                 ),
                 "metrics": metrics,
+                "drain": drain,  # started by `modelyard serve` at SIGTERM or SIGINT
                 "management": Management(store, backends, scheduler, prune=not settings.noprune),
                 "registry": None,  # see registry()
                 "plugin_manager": manager,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter as Tally
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Coroutine, Iterator
 from contextlib import aclosing
 from typing import Any
 
@@ -25,12 +25,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from modelyard.api.logs import CURRENT_EXCHANGE, Exchange
+from modelyard.api.shutdown import Drain
+from modelyard.errors import Unavailable
 from modelyard.runtime.catalog import ModelCatalog
 from modelyard.runtime.contract import Backend, Done, Event, ModelView, TextDelta, ThinkingDelta, ToolCallEvent
 from modelyard.runtime.inference import GenerationRequest, Inference
 from modelyard.runtime.options import Options
 from modelyard.runtime.plugins import Backends
-from modelyard.runtime.scheduler import Lease, Scheduler
+from modelyard.runtime.scheduler import SHUTTING_DOWN, Lease, Scheduler
 
 MODEL_LABELS = ("model", "backend")
 # vLLM's buckets for request latencies (seconds) and token counts.
@@ -184,11 +186,12 @@ class SchedulerCollector(Collector):
 
 
 class MeteredScheduler(Scheduler):
-    """The scheduler, noting each request's model and backend (for its metrics and its log line) and
-    counting the requests that wait."""
+    """The scheduler, noting each request's model and backend (for its metrics and its log line),
+    counting the requests that wait, and turning them away once a shutdown's deadline has passed."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, drain: Drain, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.drain = drain
         self.waiting_by_model: Tally[tuple[str, str]] = Tally()
 
     async def acquire(self, model: ModelView, backend: Backend, options: Options, keep_alive: float | None) -> Lease:
@@ -198,11 +201,29 @@ class MeteredScheduler(Scheduler):
         labels = (model.name, backend.name)
         self.waiting_by_model[labels] += 1
         try:
-            return await super().acquire(model, backend, options, keep_alive)
+            if self.drain.expired:
+                raise Unavailable(SHUTTING_DOWN)
+            return await self._before_deadline(super().acquire(model, backend, options, keep_alive))
         finally:
             self.waiting_by_model[labels] -= 1
             if not self.waiting_by_model[labels]:
                 del self.waiting_by_model[labels]
+
+    async def _before_deadline(self, acquiring: Coroutine[Any, Any, Lease]) -> Lease:
+        """A lease granted before a shutdown's deadline, or 503 (a request may be waiting when the signal
+        comes, so every wait is raced against the deadline: a task a request, not a token)."""
+        lease = asyncio.ensure_future(acquiring)
+        deadline = asyncio.ensure_future(self.drain.wait_expired())
+        try:
+            await asyncio.wait({lease, deadline}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            deadline.cancel()
+            if not lease.done():
+                lease.cancel()
+                await asyncio.wait({lease})  # the scheduler withdraws the request
+        if lease.cancelled():
+            raise Unavailable(SHUTTING_DOWN)
+        return lease.result()
 
 
 class MeteredInference(Inference):
@@ -216,10 +237,12 @@ class MeteredInference(Inference):
         context_length: int,
         *,
         metrics: Metrics,
+        drain: Drain,
         log_prompts: bool = False,
     ) -> None:
         super().__init__(catalog, backends, scheduler, context_length)
         self.metrics = metrics
+        self.drain = drain
         self.log_prompts = log_prompts
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Event]:
@@ -257,6 +280,10 @@ class MeteredInference(Inference):
                     elif isinstance(event, Done):
                         outcome = event.reason
                         self._finished(event, labels, exchange)
+                    if self.drain.expired and outcome is None:
+                        # A shutdown's deadline: the stream ends with an error line, the client knows why.
+                        outcome = "abort"
+                        raise Unavailable(SHUTTING_DOWN)
                     yield event
         except (GeneratorExit, asyncio.CancelledError):
             outcome = outcome or "abort"  # closed early: the client went away

@@ -120,6 +120,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from modelyard.api.logs import configure_logging
+    from modelyard.api.shutdown import serve_gracefully
     from modelyard.config import Settings
     from modelyard.server import create_app
 
@@ -132,8 +133,9 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     # JSON lines: uvicorn's own loggers then go through the root handler rather than its coloured text.
     log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
-    uvicorn.run(
+    serve_gracefully(
         app,
+        app.state.drain,
         host=settings.host,
         port=settings.port,
         log_level="info",
