@@ -111,6 +111,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     log_format: str = "text"  # or "json": one JSON object a log line
     log_prompts: bool = False  # put prompts in request log lines
     shutdown_timeout: float = 10.0  # seconds running requests may take to finish after SIGTERM
+    header_timeout: float = 30.0  # seconds a connection has to send a request's headers
+    idle_timeout: float = 5.0  # seconds an idle keep-alive connection stays open (uvicorn's default)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -144,6 +146,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             log_format=parse_choice(env, "MODELYARD_LOG_FORMAT", ("text", "json")),
             log_prompts=env.get("MODELYARD_LOG_PROMPTS", "") not in ("", "0", "false"),
             shutdown_timeout=parse_seconds(env, "MODELYARD_SHUTDOWN_TIMEOUT", 10.0),
+            header_timeout=parse_seconds(env, "MODELYARD_HEADER_TIMEOUT", 30.0),
+            idle_timeout=parse_seconds(env, "MODELYARD_IDLE_TIMEOUT", 5.0),
             open_paths=DEFAULT_OPEN_PATHS
             if open_paths is None
             else tuple(p.strip() for p in open_paths.split(",") if p.strip() not in ("", "none")),

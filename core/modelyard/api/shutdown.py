@@ -49,9 +49,11 @@ class Drain:
         await self._expired.wait()
 
 
-def serve_gracefully(app: Any, drain: Drain, **config: Any) -> None:
-    """uvicorn.run, with the drain started by the first SIGTERM or SIGINT."""
+def serve_gracefully(app: Any, drain: Drain, header_timeout: float, **config: Any) -> None:
+    """uvicorn.run, with the drain started by the first SIGTERM or SIGINT, and the header deadline."""
     import uvicorn
+
+    from modelyard.api.limits import header_timeout_protocol
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -64,4 +66,6 @@ def serve_gracefully(app: Any, drain: Drain, **config: Any) -> None:
                     loop.call_soon_threadsafe(drain.begin)
             super().handle_exit(sig, frame)
 
-    Server(uvicorn.Config(app, timeout_graceful_shutdown=math.ceil(drain.grace + BACKSTOP), **config)).run()
+    grace = math.ceil(drain.grace + BACKSTOP)
+    http = header_timeout_protocol(header_timeout)
+    Server(uvicorn.Config(app, http=http, timeout_graceful_shutdown=grace, **config)).run()

@@ -136,6 +136,8 @@ def serve(args: argparse.Namespace) -> int:
     serve_gracefully(
         app,
         app.state.drain,
+        settings.header_timeout,
+        timeout_keep_alive=max(1, round(settings.idle_timeout)),
         host=settings.host,
         port=settings.port,
         log_level="info",
