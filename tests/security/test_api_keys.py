@@ -130,6 +130,8 @@ def test_a_key_without_the_admin_scope_cannot_change_the_store(server, keys):
 def test_a_key_limited_to_some_models_uses_only_those(server, keys):
     with client(server, keys.admin) as admin:
         assert admin.post("/api/copy", json={"source": MODEL, "destination": "other"}).status_code == 200
+        assert admin.post("/api/generate", json={"model": "other", "keep_alive": "1m"}).status_code == 200  # loaded
+        assert {m["name"] for m in admin.get("/api/tags").json()["models"]} == {MODEL, "other:latest"}
     try:
         with client(server, keys.limited) as limited:
             allowed = limited.post("/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False})
@@ -141,6 +143,8 @@ def test_a_key_limited_to_some_models_uses_only_those(server, keys):
             assert limited.post("/api/show", json={"model": "smollm2:135m"}).status_code == 200
             broken = limited.post("/api/generate", content=b"{not json")
             assert broken.status_code == 400  # the route's own answer: the body reached it unchanged
+            assert [m["name"] for m in limited.get("/api/tags").json()["models"]] == [MODEL]  # "other" is hidden
+            assert [m["name"] for m in limited.get("/api/ps").json()["models"]] == [MODEL]
         with client(server, keys.builder) as builder:  # admin, but only over mine-*
             assert builder.post("/api/copy", json={"source": MODEL, "destination": "mine-a"}).status_code == 403
             assert builder.post("/api/create", json={"model": "mine-a", "from": "mine-b"}).status_code == 404

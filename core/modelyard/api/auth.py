@@ -23,9 +23,19 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
-from litestar.types import ASGIApp, HTTPRequestEvent, Receive, ReceiveMessage, Scope, Send
+from litestar.types import (
+    ASGIApp,
+    HTTPRequestEvent,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    ReceiveMessage,
+    Scope,
+    Send,
+)
 
 from modelyard.api.logs import CURRENT_EXCHANGE
 from modelyard.config import Settings
@@ -36,6 +46,12 @@ log = logging.getLogger(__name__)
 
 INFERENCE, ADMIN, METRICS = "inference", "admin", "metrics"
 SCOPES = (INFERENCE, ADMIN, METRICS)
+# Listings a key limited to some models sees filtered: path -> (the list's field, its items' name fields).
+LISTINGS = {
+    "/api/tags": ("models", ("name", "model")),
+    "/api/ps": ("models", ("name", "model")),
+    "/v1/models": ("data", ("id",)),
+}
 # Routes that change the store (any method, HEAD /api/blobs included): Ollama's "admin" verbs.
 ADMIN_PATHS = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/blobs")
 KEY_PREFIX = "myk_"
@@ -70,6 +86,46 @@ class ApiKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defa
 
 class KeyFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     keys: list[ApiKey] = msgspec.field(default_factory=list)
+
+
+def _listing_filter(send: Send, key: ApiKey, field: str, name_fields: tuple[str, ...]) -> Send:
+    """For a key limited to some models: a listing shows only those (the answer is small, read whole)."""
+    start: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def filtered(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+            return
+        if message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = b"".join(chunks)
+        try:
+            listing = msgspec.json.decode(body) if start.get("status") == 200 else None
+        except msgspec.DecodeError:
+            listing = None
+        if isinstance(listing, dict) and isinstance(listing.get(field), list):
+            listing[field] = [
+                item
+                for item in listing[field]
+                if isinstance(item, dict)
+                and any(isinstance(item.get(name), str) and key.allows_model(item[name]) for name in name_fields)
+            ]
+            body = msgspec.json.encode(listing)
+        headers = [(name, value) for name, value in start.get("headers", []) if name.lower() != b"content-length"]
+        started: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": start["status"],
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+        await send(started)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return filtered
 
 
 def _model_pattern(pattern: str) -> str:
@@ -291,6 +347,8 @@ def auth_middleware(settings: Settings, ring: KeyRing) -> Callable[[ASGIApp], AS
                 if checked is None:
                     return
                 receive = checked
+                if path in LISTINGS and scope.get("method") == "GET":
+                    send = _listing_filter(send, key, *LISTINGS[path])
             await app(scope, receive, send)
 
         return authorized
