@@ -38,8 +38,8 @@ if not SPEC.exists():  # the project's checkout keeps shared/ beside the worktre
 # Ollama's own 500s for bad input, which modelyard keeps (compatibility.md): wrongly typed options, a
 # format that is neither "json" nor a schema, a template that does not parse.
 OLLAMA_500S = re.compile(r'option "[^"]+" must be|invalid format: |template: |must be of type')
-# Per operation: about 15 s for the whole API on 2 busy cores. FUZZ_EXAMPLES=500 for a deeper run.
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
+# Per operation: about 12 s for the whole API on 2 busy cores. FUZZ_EXAMPLES=500 for a deeper run.
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,18 +15,10 @@ from modelyard_conformance.launcher import ServerProcess
 MODEL = "smollm2:135m"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    models = tmp_path_factory.mktemp("limits") / "models"
-    env = {
-        "MODELYARD_BACKENDS": "echo",
-        "MODELYARD_BUNDLED_MODELS": MODEL,
-        "MODELYARD_HEADER_TIMEOUT": "1",
-        "MODELYARD_IDLE_TIMEOUT": "1",
-        "MODELYARD_ECHO_DELAY": "0.05",  # 60 words: an answer three times as long as the header deadline
-    }
-    with ServerProcess(models, env) as running:
-        yield running
+@pytest.fixture
+def server(observed_server: ServerProcess) -> ServerProcess:
+    """MODELYARD_HEADER_TIMEOUT and MODELYARD_IDLE_TIMEOUT are 1 s there, and echo takes 0.02 s a word."""
+    return observed_server
 
 
 def connect(server: ServerProcess) -> socket.socket:
@@ -76,8 +67,8 @@ def test_a_request_sent_in_time_is_served_and_an_idle_connection_then_closes(ser
 
 
 def test_a_long_answer_is_not_cut_by_the_header_deadline(server):
-    prompt = " ".join(["word"] * 60)
-    body = json.dumps({"model": MODEL, "prompt": prompt, "options": {"num_predict": 60}}).encode()
+    prompt = " ".join(["word"] * 150)  # 3 s: three times the header deadline
+    body = json.dumps({"model": MODEL, "prompt": prompt, "options": {"num_predict": 150}}).encode()
     request = (
         b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import ollama
@@ -19,19 +18,9 @@ MODEL = "smollm2:135m"
 ECHO = {"model": MODEL, "backend": "echo"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """An echo server of its own (its counters start at zero), logging JSON lines and prompts."""
-    models = tmp_path_factory.mktemp("metrics") / "models"
-    env = {
-        "MODELYARD_BACKENDS": "echo",
-        "MODELYARD_BUNDLED_MODELS": MODEL,
-        "MODELYARD_ECHO_DELAY": "0.02",
-        "MODELYARD_LOG_FORMAT": "json",
-        "MODELYARD_LOG_PROMPTS": "1",
-    }
-    with ServerProcess(models, env) as running:
-        yield running
+@pytest.fixture
+def server(observed_server: ServerProcess) -> ServerProcess:
+    return observed_server
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
