@@ -30,7 +30,8 @@ CLIENTS = 4
 MEMORY_MARGIN = 64 * 1024**2  # bytes the last quarter's RSS may exceed the first quarter's peak by
 FD_MARGIN = 8
 
-pytestmark = pytest.mark.soak
+# pytest's default timeout (600 s) is the soak's own length: allow for start-up and the last requests.
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(SECONDS + 600)]
 
 
 def resident_bytes(pid: int) -> int:
