@@ -217,6 +217,8 @@ class KeyRing:
         self._signature: tuple[int, int, int] | None = None
         self._keys: list[tuple[bytes, ApiKey]] = []
         self._refresh(strict=True)
+        if not self._keys:  # a typo in the path, or keys still to be added: either way, say it
+            log.warning("%s holds no API keys yet: every request but the open paths gets 401 (keys add)", path)
 
     def _refresh(self, strict: bool) -> None:
         try:
