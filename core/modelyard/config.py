@@ -15,6 +15,8 @@ from modelyard.runtime.scheduler import DEFAULT_MAX_LOADED_MODELS, DEFAULT_MAX_Q
 DEFAULT_PORT = 11434
 # Ollama reads bodies without a limit; a chat with several large images runs to tens of megabytes.
 DEFAULT_MAX_BODY_SIZE = 1024**3
+# What a health check or a load balancer asks: open even when keys are on (MODELYARD_OPEN_PATHS).
+DEFAULT_OPEN_PATHS = ("/", "/api/version")
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 
 
@@ -36,6 +38,27 @@ def parse_count(env: Mapping[str, str], name: str, default: int, zero: int) -> i
     if not (text.isascii() and text.isdigit()):
         raise ValueError(f"invalid {name} {text!r}: expected a whole number, 0 or more")
     return int(text) or zero
+
+
+def parse_choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """A setting with a few allowed values, the first being the default."""
+    text = env.get(name, "").strip().lower() or choices[0]
+    if text not in choices:
+        raise ValueError(f"invalid {name} {text!r}: expected {' or '.join(choices)}")
+    return text
+
+
+def parse_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        seconds = float(text.removesuffix("s"))
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < 86400:
+        raise ValueError(f"invalid {name} {text!r}: expected seconds, 0 or more")
+    return seconds
 
 
 def parse_host(value: str | None) -> tuple[str, int]:
@@ -83,6 +106,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     num_parallel: int = 1  # requests one loaded model serves at once, where its backend allows it
     max_loaded_models: int = DEFAULT_MAX_LOADED_MODELS  # loading one more evicts the least recently used
     max_queue: int = DEFAULT_MAX_QUEUE  # requests that may wait for a model; more get 503
+    api_keys: Path | None = None  # the keys file (docs/security.md); None: no keys asked for
+    open_paths: tuple[str, ...] = DEFAULT_OPEN_PATHS  # paths answered without a key when keys are on
+    log_format: str = "text"  # or "json": one JSON object a log line
+    log_prompts: bool = False  # put prompts in request log lines
+    shutdown_timeout: float = 10.0  # seconds running requests may take to finish after SIGTERM
+    header_timeout: float = 30.0  # seconds a connection has to send a request's headers
+    idle_timeout: float = 5.0  # seconds an idle keep-alive connection stays open (uvicorn's default)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -90,6 +120,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         models = env.get("MODELYARD_MODELS") or env.get("OLLAMA_MODELS")
         backends = env.get("MODELYARD_BACKENDS")
         bundled = env.get("MODELYARD_BUNDLED_MODELS", "").strip()
+        api_keys = env.get("MODELYARD_API_KEYS", "").strip()
+        open_paths = env.get("MODELYARD_OPEN_PATHS")
         return cls(
             host=host,
             port=port,
@@ -110,4 +142,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             ),
             # 0 is Ollama's unbuffered queue: a request that cannot start at once is turned away.
             max_queue=parse_count(env, "OLLAMA_MAX_QUEUE", DEFAULT_MAX_QUEUE, zero=0),
+            api_keys=Path(api_keys).expanduser() if api_keys else None,
+            log_format=parse_choice(env, "MODELYARD_LOG_FORMAT", ("text", "json")),
+            log_prompts=env.get("MODELYARD_LOG_PROMPTS", "") not in ("", "0", "false"),
+            shutdown_timeout=parse_seconds(env, "MODELYARD_SHUTDOWN_TIMEOUT", 10.0),
+            header_timeout=parse_seconds(env, "MODELYARD_HEADER_TIMEOUT", 30.0),
+            idle_timeout=parse_seconds(env, "MODELYARD_IDLE_TIMEOUT", 5.0),
+            open_paths=DEFAULT_OPEN_PATHS
+            if open_paths is None
+            else tuple(p.strip() for p in open_paths.split(",") if p.strip() not in ("", "none")),
         )

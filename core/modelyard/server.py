@@ -13,17 +13,19 @@ from litestar.exceptions import HTTPException
 
 from modelyard import __version__
 from modelyard.api.anthropic.routes import ROUTES as ANTHROPIC_ROUTES
+from modelyard.api.auth import KeyRing, auth_middleware, insecure_bind_warning
 from modelyard.api.guard import guard_middleware
 from modelyard.api.http import App, handle_http_exception, handle_modelyard_error, handle_unexpected
+from modelyard.api.logs import observe_middleware
+from modelyard.api.metrics import MeteredInference, MeteredScheduler, Metrics, metrics_endpoint
 from modelyard.api.ollama.encode import UtcClock
 from modelyard.api.ollama.routes import ROUTES
 from modelyard.api.openai.routes import ROUTES as OPENAI_ROUTES
+from modelyard.api.shutdown import Drain
 from modelyard.config import Settings
 from modelyard.errors import ModelyardError
 from modelyard.runtime.catalog import ModelCatalog
-from modelyard.runtime.inference import Inference
 from modelyard.runtime.plugins import Backends, build_plugin_manager
-from modelyard.runtime.scheduler import Scheduler
 from modelyard.store.bundled import install_bundled_models
 from modelyard.store.formats import Formats
 from modelyard.store.local import ModelStore
@@ -39,12 +41,19 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
     store = ModelStore(settings.models, Formats.discover(manager))
     backends = Backends.discover(manager, settings.backends)
     catalog = ModelCatalog(store, backends)
-    scheduler = Scheduler(
+    drain = Drain(settings.shutdown_timeout)
+    scheduler = MeteredScheduler(
         settings.keep_alive,
         num_parallel=settings.num_parallel,
         max_loaded_models=settings.max_loaded_models,
         max_queue=settings.max_queue,
+        drain=drain,
     )
+    metrics = Metrics(scheduler)
+    # Outermost first: every answer, the guard's and the key check's included, is logged and counted.
+    middleware = [observe_middleware([metrics.observe_http]), guard_middleware(settings)]
+    if settings.api_keys is not None:
+        middleware.append(auth_middleware(settings, KeyRing(settings.api_keys)))  # a broken file stops here
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -55,21 +64,24 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
             store.root,
             ", ".join(b.name for b in backends.backends) or "none",
         )
+        if warning := insecure_bind_warning(settings):
+            log.warning(warning)
         try:
             yield
         finally:
-            await scheduler.close()
+            await scheduler.close()  # every model unloaded, once the running requests are done
             await backends.close()
+            log.info("models unloaded")
 
     return App(
-        route_handlers=[*ROUTES, *OPENAI_ROUTES, *ANTHROPIC_ROUTES],
+        route_handlers=[*ROUTES, *OPENAI_ROUTES, *ANTHROPIC_ROUTES, metrics_endpoint],
         exception_handlers={
             ModelyardError: handle_modelyard_error,
             HTTPException: handle_http_exception,
             Exception: handle_unexpected,
         },
         lifespan=[lifespan],
-        middleware=[guard_middleware(settings)],
+        middleware=middleware,
         state=State(
             {
                 "settings": settings,
@@ -77,7 +89,17 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
                 "backends": backends,
                 "scheduler": scheduler,
                 "catalog": catalog,
-                "inference": Inference(catalog, backends, scheduler, settings.context_length),
+                "inference": MeteredInference(
+                    catalog,
+                    backends,
+                    scheduler,
+                    settings.context_length,
+                    metrics=metrics,
+                    drain=drain,
+                    log_prompts=settings.log_prompts,
+                ),
+                "metrics": metrics,
+                "drain": drain,  # started by `modelyard serve` at SIGTERM or SIGINT
                 "management": Management(store, backends, scheduler, prune=not settings.noprune),
                 "registry": None,  # see registry()
                 "plugin_manager": manager,
@@ -85,6 +107,7 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
             }
         ),
         openapi_config=None,
+        logging_config=None,  # the server's log is set up by `modelyard serve` (text or JSON lines)
         request_max_body_size=settings.max_body_size,  # /api/blobs sets its own: none
         debug=False,
     )

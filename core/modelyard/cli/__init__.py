@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import logging
 import os
 import sys
 from collections.abc import Generator
@@ -29,11 +28,14 @@ class ServerError(Exception):
 class Client:
     """A small HTTP client of the server, streaming NDJSON like the official clients."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, api_key: str | None = None) -> None:
         import httpx  # here, not at the top: `modelyard serve` does not need it (about 0.4 s to import)
 
         self.url = url
-        self.http = httpx.Client(base_url=url, timeout=None)
+        # As ollama-python does with OLLAMA_API_KEY: a server with keys (docs/security.md) asks for one.
+        api_key = api_key or os.environ.get("MODELYARD_API_KEY") or os.environ.get("OLLAMA_API_KEY")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=url, timeout=None, headers=headers)
 
     def _check(self, response: httpx.Response) -> None:
         if response.status_code >= 400:
@@ -42,6 +44,8 @@ class Client:
                 message = response.json()["error"]
             except (ValueError, KeyError, TypeError):
                 message = response.text
+            if response.status_code == 401:
+                message += " (set MODELYARD_API_KEY or OLLAMA_API_KEY)"
             raise ServerError(message)
 
     def get(self, path: str) -> Any:
@@ -115,17 +119,31 @@ def print_table(rows: list[list[str]]) -> None:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from modelyard.api.logs import configure_logging
+    from modelyard.api.shutdown import serve_gracefully
     from modelyard.config import Settings
     from modelyard.server import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
+        configure_logging(settings.log_format)
         app = create_app(settings)
     except ValueError as exc:  # a setting that cannot be right: stop before listening, and say which
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=args.access_log)
+    # JSON lines: uvicorn's own loggers then go through the root handler rather than its coloured text.
+    log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+    serve_gracefully(
+        app,
+        app.state.drain,
+        settings.header_timeout,
+        timeout_keep_alive=max(1, round(settings.idle_timeout)),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=args.access_log,
+        log_config=log_config,
+    )
     return 0
 
 
@@ -292,6 +310,42 @@ def conformance(args: argparse.Namespace) -> int:
     return conformance_main(args.rest)
 
 
+def keys(args: argparse.Namespace) -> int:
+    """`modelyard keys add|list|rm`: the server's keys file, edited in place (the server re-reads it)."""
+    from modelyard.api.auth import add_key, read_key_file, remove_key
+
+    path = Path(args.file or os.environ.get("MODELYARD_API_KEYS") or Path.home() / ".modelyard" / "api-keys.json")
+    path = path.expanduser()
+    try:
+        if args.action == "add":
+            scopes = sorted(set(args.scope or ["inference"]) | ({"admin"} if args.admin else set()))
+            key, entry = add_key(path, args.name, models=args.model or ["*"], scopes=scopes, rate_limit=args.rate)
+            print(key)
+            print(
+                f"added key {entry.name!r} ({', '.join(entry.scopes)}; models {', '.join(entry.models)}) to {path}; "
+                "it is shown only once",
+                file=sys.stderr,
+            )
+            if not os.environ.get("MODELYARD_API_KEYS"):
+                print(f"serve with MODELYARD_API_KEYS={path} to require keys", file=sys.stderr)
+        elif args.action == "rm":
+            if not remove_key(path, args.name):
+                print(f"Error: no key named {args.name!r} in {path}", file=sys.stderr)
+                return 1
+            print(f"removed key {args.name!r}")
+        else:
+            rows = [["NAME", "KEY", "SCOPES", "MODELS", "RATE", "CREATED"]]
+            for entry in read_key_file(path).keys:
+                rate = f"{entry.rate_limit}/min" if entry.rate_limit else "-"
+                row = [entry.name, entry.prefix + "...", ",".join(entry.scopes), ",".join(entry.models), rate]
+                rows.append([*row, entry.created_at])
+            print_table(rows)
+    except (ValueError, OSError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelyard", description="A drop-in replacement for Ollama.")
     parser.add_argument("--version", "-v", action="version", version=f"modelyard version is {__version__}")
@@ -354,6 +408,21 @@ def build_parser() -> argparse.ArgumentParser:
     conformance_parser.add_argument("rest", nargs=argparse.REMAINDER)
     conformance_parser.set_defaults(handler=conformance, needs_client=False)
 
+    keys_parser = verbs.add_parser("keys", help="manage the API keys file (MODELYARD_API_KEYS)")
+    key_file = argparse.ArgumentParser(add_help=False)
+    key_file.add_argument("--file", help="the keys file (default: MODELYARD_API_KEYS, ~/.modelyard/api-keys.json)")
+    keys_actions = keys_parser.add_subparsers(dest="action", required=True, metavar="action")
+    add_parser = keys_actions.add_parser("add", parents=[key_file], help="make a key and print it (once)")
+    add_parser.add_argument("name")
+    add_parser.add_argument("--model", action="append", help="a model (or glob) the key may use; repeatable")
+    add_parser.add_argument("--scope", action="append", choices=["inference", "admin", "metrics"])
+    add_parser.add_argument("--admin", action="store_true", help="may pull, push, create, copy and delete")
+    add_parser.add_argument("--rate", type=int, help="requests a minute (429 beyond it)")
+    keys_actions.add_parser("list", parents=[key_file], help="list the keys (names and first characters only)")
+    rm_parser = keys_actions.add_parser("rm", parents=[key_file], help="remove a key")
+    rm_parser.add_argument("name")
+    keys_parser.set_defaults(handler=keys, needs_client=False)
+
     stop_parser = verbs.add_parser("stop", help="unload a model")
     stop_parser.add_argument("model")
     stop_parser.set_defaults(handler=stop)
@@ -379,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        client.http.close()
 
 
 if __name__ == "__main__":
