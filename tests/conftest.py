@@ -9,19 +9,18 @@ digest, the precision and the converter's version.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import ollama
 import pytest
+from support.models import SMOLLM2, cache_root
 
 from modelyard.store.bundled import smollm2_gguf
 from modelyard_conformance.launcher import ServerProcess
 from modelyard_onnx import convert
 
-SMOLLM2 = "smollm2:135m"
 TINY_FOLDER = Path(__file__).parent / "fixtures" / "onnx" / "smollm2-tiny"
 
 
@@ -60,10 +59,6 @@ def ollama_client(llama_server: ServerProcess) -> Iterator[ollama.Client]:
     client = ollama.Client(host=llama_server.url)
     yield client
     client._client.close()  # it keeps its httpx client open otherwise
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MODELYARD_TEST_CACHE") or Path.home() / ".cache" / "modelyard")
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import httpx
 import ollama
 import openai
 import pytest
-from conftest import SMOLLM2, cache_root
+from support.models import SMOLLM2, cache_root
 
 from modelyard.store.bundled import all_minilm_zip
 from modelyard_conformance.launcher import ServerProcess

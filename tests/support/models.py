@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
 
 from modelyard.store.local import sha256_file
+
+SMOLLM2 = "smollm2:135m"
+
+
+def cache_root() -> Path:
+    """Where tests keep what is slow to build (converted models): MODELYARD_TEST_CACHE or ~/.cache/modelyard."""
+    return Path(os.environ.get("MODELYARD_TEST_CACHE") or Path.home() / ".cache" / "modelyard")
 
 
 def upload_folder(url: str, folder: Path) -> dict[str, str]:
