@@ -266,7 +266,7 @@ class UpstreamModel(LoadedModel):
 
     async def generate(self, completion: Completion) -> AsyncGenerator[Event]:
         pool, targets = self.backend.targets(self.view)
-        tried: set[Endpoint] = set()
+        tried: dict[Endpoint, str] = {}  # and what went wrong there
         failures: list[UpstreamError] = []
         while True:
             try:
@@ -276,12 +276,13 @@ class UpstreamModel(LoadedModel):
                 if failures and all(failure.status == 504 for failure in failures):
                     raise UpstreamError("; ".join(failure.message for failure in failures), 504) from None
                 raise none_left from None
-            tried.add(target.endpoint)
+            tried[target.endpoint] = ""
             try:
                 async for event in self._forward(target, pool, completion):
                     yield event
                 return
             except Retry as retry:
+                tried[target.endpoint] = retry.error.message
                 failures.append(retry.error)
 
     async def _forward(self, target: Target, pool: PoolEntry, completion: Completion) -> AsyncGenerator[Event]:

@@ -81,9 +81,9 @@ class Target(msgspec.Struct, frozen=True):
     weight: float = 1.0
 
 
-def choose(targets: list[Target], tried: set[Endpoint], wanted: str) -> Target:
-    """The eligible target with the fewest requests in flight per weight; Unavailable (503) with each
-    upstream's reason when none is left."""
+def choose(targets: list[Target], tried: dict[Endpoint, str], wanted: str) -> Target:
+    """The eligible target with the fewest requests in flight per weight, leaving out those this request
+    `tried` already (with what went wrong there); a 503 with each upstream's reason when none is left."""
     now = time.monotonic()
     eligible = [
         target
@@ -98,8 +98,10 @@ def choose(targets: list[Target], tried: set[Endpoint], wanted: str) -> Target:
     return best
 
 
-def _reason(target: Target, tried: set[Endpoint], now: float) -> str:
+def _reason(target: Target, tried: dict[Endpoint, str], now: float) -> str:
     endpoint = target.endpoint
+    if tried.get(endpoint):
+        return tried[endpoint]
     if endpoint in tried or endpoint.ejected(now):
         return endpoint.state(now)
     return f"does not have model '{target.model}'"

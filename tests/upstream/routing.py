@@ -46,10 +46,11 @@ HEALTH = "[health]\ninterval = 0.3\nfailures = 1\ncooldown = 0.5\n"
 
 
 class StubUpstream:
-    """An HTTP server on loopback that answers every POST with one fixed status and body (GETs with an
-    empty model list), in a thread."""
+    """An HTTP server on loopback that answers every POST with one fixed status and body, and GETs (the
+    router's probes) with a model list of `model`, in a thread."""
 
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes, model: str = "pooled") -> None:
+        listing = b'{"models": [{"name": "%s"}]}' % model.encode()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -59,7 +60,7 @@ class StubUpstream:
                 self._answer(stub.status, stub.body)
 
             def do_GET(self) -> None:
-                self._answer(200, b'{"models": []}')
+                self._answer(200, listing)
 
             def _answer(self, status: int, body: bytes) -> None:
                 self.send_response(status)

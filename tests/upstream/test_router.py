@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import ollama
 import pytest
-from routing import SMOLLM2, echo_upstream, pool, router
+from routing import SMOLLM2, pool, router
 
 from modelyard_conformance.launcher import ServerProcess
 
@@ -23,7 +22,8 @@ def llama_router(llama_server: ServerProcess, tmp_path_factory: pytest.TempPathF
     pool offers every model the llama.cpp server lists under its own name."""
     tmp = tmp_path_factory.mktemp("router")
     config = pool(ROUTED, llama_server.url, upstream_model=SMOLLM2) + pool("smollm2:*", llama_server.url)
-    with router(tmp, config + "[health]\ninterval = 0.5\n") as server:
+    config += pool("ghost", llama_server.url, upstream_model="nowhere:1b")  # a model the upstream lacks
+    with router(tmp, config + "[health]\ninterval = 0.5\n", MODELYARD_UPSTREAM_REMOTES="127.0.0.1") as server:
         yield server
 
 
@@ -89,12 +89,11 @@ def test_pool_models_are_listed_shown_and_marked_remote(llama_router, llama_serv
     assert ROUTED in [model.model for model in routed.ps().models]
 
 
-def test_an_upstream_error_keeps_its_status_and_message(llama_router, llama_server, tmp_path: Path):
-    # A pool that names a model the upstream does not have: the upstream's 404, as Ollama words it.
-    with router(tmp_path, pool("ghost", llama_server.url, upstream_model="nowhere:1b")) as server:
-        with ollama.Client(host=server.url) as client, pytest.raises(ollama.ResponseError) as missing:
-            client.chat(model="ghost", messages=[{"role": "user", "content": "hi"}])
-        assert (missing.value.status_code, missing.value.error) == (404, "model 'nowhere:1b' not found")
+def test_an_upstream_error_keeps_its_status_and_message(routed):
+    # The pool names a model the upstream does not have: the upstream's 404, as Ollama words it.
+    with pytest.raises(ollama.ResponseError) as missing:
+        routed.chat(model="ghost", messages=[{"role": "user", "content": "hi"}])
+    assert (missing.value.status_code, missing.value.error) == (404, "model 'nowhere:1b' not found")
 
 
 def test_an_upstream_bad_request_is_a_400(routed):
@@ -103,15 +102,13 @@ def test_an_upstream_bad_request_is_a_400(routed):
     assert refused.value.status_code == 400 and "does not support thinking" in refused.value.error
 
 
-def test_remote_models_of_the_store_run_when_their_host_is_allowed(tmp_path: Path):
-    remotes = {"MODELYARD_UPSTREAM_REMOTES": "127.0.0.1"}
-    with echo_upstream(tmp_path / "echo") as echo, router(tmp_path / "router", "", **remotes) as server:
-        for name, host in (("there", echo.url), ("elsewhere", "http://gpu-box:11434")):
-            body = {"model": name, "from": SMOLLM2, "remote_host": host, "stream": False}
-            assert httpx.post(server.url + "/api/create", json=body).status_code == 200
-        with ollama.Client(host=server.url) as client:
-            answer = client.chat(model="there", messages=[{"role": "user", "content": "hello from afar"}])
-            assert answer.message.content == "hello from afar"  # the echo upstream's answer
-            with pytest.raises(ollama.ResponseError) as refused:
-                client.chat(model="elsewhere", messages=[{"role": "user", "content": "hi"}])
-            assert (refused.value.status_code, refused.value.error) == (400, "this server cannot run this remote model")
+def test_remote_models_of_the_store_run_when_their_host_is_allowed(llama_router, llama_server, direct, routed):
+    for name, host in (("there", llama_server.url), ("elsewhere", "http://gpu-box:11434")):
+        body = {"model": name, "from": SMOLLM2, "remote_host": host, "stream": False}
+        assert httpx.post(llama_router.url + "/api/create", json=body).status_code == 200
+    messages = [{"role": "user", "content": "Hello from afar"}]
+    answer = routed.chat(model="there", messages=messages, options=GREEDY)
+    assert answer.message.content == direct.chat(model=SMOLLM2, messages=messages, options=GREEDY).message.content
+    with pytest.raises(ollama.ResponseError) as refused:
+        routed.chat(model="elsewhere", messages=[{"role": "user", "content": "hi"}])
+    assert (refused.value.status_code, refused.value.error) == (400, "this server cannot run this remote model")
