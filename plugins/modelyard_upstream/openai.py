@@ -177,7 +177,7 @@ class Choice(msgspec.Struct, kw_only=True):
     delta: Delta | None = None
     text: str | None = None  # /v1/completions
     finish_reason: str | None = None
-    logprobs: ChoiceLogprobs | dict[str, Any] | None = None
+    logprobs: ChoiceLogprobs | None = None  # /v1/completions has another shape: decoded as empty
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -222,7 +222,7 @@ class StreamReader:
         for choice in chunk.choices:
             if choice.index != 0:
                 continue
-            if isinstance(choice.logprobs, ChoiceLogprobs) and choice.logprobs.content:
+            if choice.logprobs is not None and choice.logprobs.content:
                 yield Logprobs([_token_logprob(entry) for entry in choice.logprobs.content])
             delta = choice.delta
             thinking = delta and (delta.reasoning_content or delta.reasoning)

@@ -90,6 +90,8 @@ def choose(targets: list[Target], tried: dict[Endpoint, str], wanted: str) -> Ta
         for target in targets
         if target.endpoint not in tried and not target.endpoint.ejected(now) and target.endpoint.has(target.model)
     ]
+    if not eligible and all(not target.endpoint.has(target.model) for target in targets):
+        raise UpstreamError(f"model '{wanted}' not found", 404)  # Ollama's words: clients match on them
     if not eligible:
         reasons = "; ".join(f"{target.endpoint.url}: {_reason(target, tried, now)}" for target in targets)
         raise UpstreamError(f"no healthy upstream for model '{wanted}' ({reasons})", 503)

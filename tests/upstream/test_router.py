@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -89,11 +90,16 @@ def test_pool_models_are_listed_shown_and_marked_remote(llama_router, llama_serv
     assert ROUTED in [model.model for model in routed.ps().models]
 
 
-def test_an_upstream_error_keeps_its_status_and_message(routed):
-    # The pool names a model the upstream does not have: the upstream's 404, as Ollama words it.
+def test_a_model_no_upstream_has_is_a_404(llama_router, routed):
+    # Before the first probe the upstream's own 404 comes back; once the probe has listed the upstream's
+    # models the router knows it lacks "nowhere:1b" and answers for it. Wait for the probe (the pattern pool
+    # lists smollm2:135m once it has run), so the test knows which.
+    deadline = time.monotonic() + 30
+    while SMOLLM2 not in [model.model for model in routed.list().models] and time.monotonic() < deadline:
+        time.sleep(0.1)
     with pytest.raises(ollama.ResponseError) as missing:
         routed.chat(model="ghost", messages=[{"role": "user", "content": "hi"}])
-    assert (missing.value.status_code, missing.value.error) == (404, "model 'nowhere:1b' not found")
+    assert (missing.value.status_code, missing.value.error) == (404, "model 'ghost' not found")
 
 
 def test_an_upstream_bad_request_is_a_400(routed):
