@@ -210,7 +210,10 @@ class UpstreamBackend(Backend):
             response.raise_for_status()
             names = openai.model_names(response.content) if endpoint.kind == "openai" else _tag_names(response)
         except (httpx.HTTPError, msgspec.ValidationError, msgspec.DecodeError) as exc:
-            endpoint.failed(f"probe failed: {_describe(exc)}", self.health)
+            # A server that runs one request at a time (llama-cpp-python's) answers a probe only after the
+            # stream it is busy with: while requests are in flight, they tell its health, not the probe.
+            if endpoint.in_flight == 0:
+                endpoint.failed(f"probe failed: {_describe(exc)}", self.health)
             return
         endpoint.models = {name.lower(): name for name in names}
         endpoint.succeeded()
