@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -78,6 +79,11 @@ class UpstreamBackend(Backend):
         self.endpoints: dict[tuple[str, str], Endpoint] = {}
         self.client: httpx.AsyncClient | None = None  # made on first use, on the server's event loop
         self.probes: asyncio.Task[None] | None = None
+        if self.settings.config and hasattr(signal, "SIGHUP"):
+            # Installed at once: SIGHUP's default action ends the process. Not possible off the main thread
+            # (an app built in a test's thread), where the file is simply not reloaded.
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGHUP, lambda signum, frame: self.reload())
 
     # --- which models ---------------------------------------------------------------------------------
 
@@ -171,7 +177,7 @@ class UpstreamBackend(Backend):
     # --- health -----------------------------------------------------------------------------------------
 
     def _start_probes(self) -> None:
-        """Start the active probes (and the SIGHUP reload) once, on the server's event loop."""
+        """Start the active probes once, on the server's event loop."""
         if self.probes is not None:
             return
         try:
@@ -179,16 +185,13 @@ class UpstreamBackend(Backend):
         except RuntimeError:  # called outside the server's loop (a listing from a thread): later
             return
         self.probes = loop.create_task(self._probe_forever())
-        if self.settings.config:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
-                loop.add_signal_handler(signal.SIGHUP, self.reload)
 
     def reload(self) -> None:
         """Read the config file again (SIGHUP). A bad file keeps the old config; streams are not touched."""
         try:
             self.config = read_config(self.settings.config)
         except ValueError as exc:
-            print(f"modelyard: upstream config not reloaded: {exc}", flush=True)
+            logging.getLogger(__name__).error("upstream config not reloaded: %s", exc)
 
     @property
     def health(self) -> HealthEntry:

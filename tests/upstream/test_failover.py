@@ -4,6 +4,7 @@ slow ones, error answers, none healthy, and a client that leaves. Real servers o
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import threading
 import time
@@ -130,6 +131,7 @@ class Hub:
         config += pool("stall", self.slow.url, timeout=1, upstream_model=SMOLLM2)
         config += pool("single", self.single.url, upstream_model=SMOLLM2)
         self.router = router(tmp / "router", config)
+        self.router_config = tmp / "router" / "upstream.toml"
         self.servers = [self.echo, self.slow, self.single, self.router]
 
     def __enter__(self) -> Hub:
@@ -216,3 +218,30 @@ def test_a_client_that_leaves_closes_the_upstream_request(hub):
         time.sleep(0.1)
         answer = httpx.post(hub.single.url + "/api/chat", json=direct, timeout=30)
     assert answer.status_code == 200, answer.text
+
+
+def test_sighup_reloads_the_pools_and_running_streams_go_on(hub):
+    config = hub.router_config.read_text()
+    started = threading.Event()
+    answer: list[list[dict[str, object]]] = []
+    long = " ".join(["word"] * 300)  # 6 s of streaming: running while the file is reloaded
+    reader = threading.Thread(target=lambda: answer.append(stream_lines(hub.url, started, "skip", long)))
+    reader.start()
+    assert started.wait(30)
+    try:
+        hub.router_config.write_text(config + pool("added", hub.echo.url, upstream_model=SMOLLM2))
+        hub.router.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "added:latest" not in tag_names(hub):
+            time.sleep(0.1)
+        assert "added:latest" in tag_names(hub)
+        reader.join(60)
+        assert answer[0][-1]["done"] is True and len(answer[0]) == 301  # whole, though the file was reloaded
+        assert chat(hub, "added").json()["message"]["content"] == "over here"
+    finally:
+        hub.router_config.write_text(config)
+        hub.router.process.send_signal(signal.SIGHUP)
+
+
+def tag_names(hub: Hub) -> list[str]:
+    return [model["name"] for model in httpx.get(hub.url + "/api/tags").json()["models"]]
