@@ -272,11 +272,12 @@ class UpstreamModel(LoadedModel):
 
     async def generate(self, completion: Completion) -> AsyncGenerator[Event]:
         pool, targets = self.backend.targets(self.view)
+        affinity = prefix(completion, pool.affinity)
         tried: dict[Endpoint, str] = {}  # and what went wrong there
         failures: list[UpstreamError] = []
         while True:
             try:
-                target = choose(targets, tried, self.view.name)
+                target = choose(targets, tried, self.view.name, affinity)
             except UpstreamError as none_left:
                 # Every upstream failed before answering: a timeout each time is the gateway's 504.
                 if failures and all(failure.status == 504 for failure in failures):
@@ -366,6 +367,15 @@ class UpstreamModel(LoadedModel):
             raise Retry(error)
         endpoint.succeeded()  # it answered: the request was wrong, not the server
         raise UpstreamError(message, status)
+
+
+def prefix(completion: Completion, length: int) -> bytes:
+    """The first `length` characters of what the model reads (b"" when affinity is off)."""
+    if length <= 0:
+        return b""
+    messages = completion.messages or completion.conversation
+    text = "\n".join(f"{m.role}: {m.content}" for m in messages) if messages else completion.prompt or ""
+    return text[:length].encode()
 
 
 async def _first_line(lines: AsyncIterator[str]) -> str:

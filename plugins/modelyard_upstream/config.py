@@ -9,6 +9,7 @@ pattern, as strict msgspec Structs (an unknown key or a wrong type stops the ser
     [[pool]]
     model = "smollm2:135m"          # the name clients use; or a pattern: "qwen3:*", "*"
     timeout = 30                    # seconds to wait for the first byte, and between two chunks
+    affinity = 2000                 # same prompt prefix (2000 characters), same upstream: its prefix cache
     [[pool.upstream]]
     url = "http://gpu-1:11434"
     [[pool.upstream]]
@@ -45,6 +46,7 @@ class PoolEntry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     timeout: float = 300.0  # seconds to wait for the first byte of an answer, and between two chunks
     connect_timeout: float = 5.0
     parallel: int = 64  # requests this router sends to the pool at once; more wait in the scheduler's queue
+    affinity: int = 0  # hash this many leading characters of the prompt to pick an upstream (prefix caches)
 
     @property
     def is_pattern(self) -> bool:
@@ -76,7 +78,7 @@ def read_config(path: str) -> UpstreamConfig:
     for pool in config.pools:
         if not pool.upstreams:
             raise ValueError(f"upstream config {path}: pool {pool.model!r} has no upstream")
-        if pool.timeout <= 0 or pool.connect_timeout <= 0 or pool.parallel < 1:
+        if pool.timeout <= 0 or pool.connect_timeout <= 0 or pool.parallel < 1 or pool.affinity < 0:
             raise ValueError(f"upstream config {path}: pool {pool.model!r}: timeouts and parallel must be positive")
         for upstream in pool.upstreams:
             if upstream.weight <= 0:

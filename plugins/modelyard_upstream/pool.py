@@ -12,6 +12,7 @@ the one chosen longest ago.
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import msgspec
@@ -19,6 +20,8 @@ import msgspec
 from modelyard.plugin import ModelyardError
 
 from .config import HealthEntry, Kind
+
+AFFINITY_SLACK = 2  # requests in flight an affine upstream may have beyond the least loaded one
 
 
 class UpstreamError(ModelyardError):
@@ -81,9 +84,13 @@ class Target(msgspec.Struct, frozen=True):
     weight: float = 1.0
 
 
-def choose(targets: list[Target], tried: dict[Endpoint, str], wanted: str) -> Target:
+def choose(targets: list[Target], tried: dict[Endpoint, str], wanted: str, affinity: bytes = b"") -> Target:
     """The eligible target with the fewest requests in flight per weight, leaving out those this request
-    `tried` already (with what went wrong there); a 503 with each upstream's reason when none is left."""
+    `tried` already (with what went wrong there); a 503 with each upstream's reason when none is left.
+
+    With an `affinity` key (a prompt's prefix), the target that key hashes to (rendezvous hashing: the
+    same upstream for the same prefix while the set is the same, and only that upstream's keys move when it
+    goes) unless it has AFFINITY_SLACK more requests in flight than the least loaded."""
     now = time.monotonic()
     eligible = [
         target
@@ -96,8 +103,17 @@ def choose(targets: list[Target], tried: dict[Endpoint, str], wanted: str) -> Ta
         reasons = "; ".join(f"{target.endpoint.url}: {_reason(target, tried, now)}" for target in targets)
         raise UpstreamError(f"no healthy upstream for model '{wanted}' ({reasons})", 503)
     best = min(eligible, key=lambda target: (target.endpoint.in_flight / target.weight, target.endpoint.last_chosen))
+    if affinity:
+        preferred = max(eligible, key=lambda target: _rendezvous(affinity, target))
+        if preferred.endpoint.in_flight / preferred.weight <= best.endpoint.in_flight / best.weight + AFFINITY_SLACK:
+            best = preferred
     best.endpoint.last_chosen = now
     return best
+
+
+def _rendezvous(key: bytes, target: Target) -> float:
+    digest = hashlib.blake2b(key + target.endpoint.url.encode(), digest_size=8).digest()
+    return target.weight * int.from_bytes(digest, "big")
 
 
 def _reason(target: Target, tried: dict[Endpoint, str], now: float) -> str:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from modelyard_upstream import ollama, openai
+from modelyard_upstream import ollama, openai, prefix
 from modelyard_upstream.config import HealthEntry, read_config
 from modelyard_upstream.pool import Endpoint, Target, UpstreamError, choose
 
@@ -251,3 +251,21 @@ def test_an_sse_length_finish_and_an_error_event():
 )
 def test_error_bodies_of_either_kind_give_their_message(body: bytes, message: str):
     assert ollama.error_message(body) == message
+
+
+def test_a_prompt_prefix_keeps_to_one_upstream_until_it_is_too_busy():
+    trio = targets(1, 1, 1)
+    picks = {choose(trio, {}, "m", b"system: You are a pirate.").endpoint.url for _ in range(6)}
+    assert len(picks) == 1  # the same prefix, the same upstream, though least-in-flight would rotate
+    (affine,) = [target for target in trio if target.endpoint.url in picks]
+    affine.endpoint.in_flight = 3  # more than AFFINITY_SLACK above the others: least in flight wins
+    assert choose(trio, {}, "m", b"system: You are a pirate.") is not affine
+    others = {choose(trio, {}, "m", f"user: question {index}".encode()).endpoint.url for index in range(40)}
+    assert len(others) > 1  # other prefixes spread
+
+
+def test_the_affinity_key_is_the_prompts_prefix():
+    messages = [Message(role="system", content="Long shared system prompt"), Message(role="user", content="Hi")]
+    assert prefix(completion(messages=messages), 20) == b"system: Long shared "
+    assert prefix(completion(prompt="raw text"), 3) == b"raw"
+    assert prefix(completion(messages=messages), 0) == b""
