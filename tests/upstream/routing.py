@@ -33,12 +33,14 @@ def router(tmp: Path, config: str, **env: str) -> ServerProcess:
     return ServerProcess(tmp / "models", settings)
 
 
-def pool(model: str, *urls: str, timeout: float = 60, extra: str = "", upstream_model: str = "") -> str:
+def pool(
+    model: str, *urls: str, timeout: float = 60, extra: str = "", upstream_model: str = "", kind: str = "ollama"
+) -> str:
     lines = ["[[pool]]", f'model = "{model}"', f"timeout = {timeout}"]
     if upstream_model:
         lines.append(f'upstream_model = "{upstream_model}"')
     for url in urls:
-        lines += ["[[pool.upstream]]", f'url = "{url}"']
+        lines += ["[[pool.upstream]]", f'url = "{url}"', f'kind = "{kind}"']
     return "\n".join(lines) + "\n" + extra + "\n"
 
 
@@ -50,7 +52,8 @@ class StubUpstream:
     router's probes) with a model list of `model`, in a thread."""
 
     def __init__(self, status: int, body: bytes, model: str = "pooled") -> None:
-        listing = b'{"models": [{"name": "%s"}]}' % model.encode()
+        # Both kinds' model lists in one body (each reader ignores the other's key).
+        listing = b'{"models": [{"name": "%s"}], "data": [{"id": "%s"}]}' % (model.encode(), model.encode())
         stub = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -108,6 +108,18 @@ ERRORS = {  # pool -> what its stub upstream answers, and what the router's clie
     "e404": (404, b'{"error": "model \'x\' not found"}', "model 'x' not found"),
     "e500": (500, b'{"error": "llama runner process has terminated"}', "llama runner process has terminated"),
     "e500-text": (500, b"Internal Server Error", "Internal Server Error"),
+    # The same through the openai kind: OpenAI's error body.
+    "oa-e400": (
+        400,
+        b'{"error": {"message": "max_tokens is too large", "type": "BadRequestError"}}',
+        "max_tokens is too large",
+    ),
+    "oa-e404": (
+        404,
+        b'{"error": {"message": "The model `x` does not exist.", "code": 404}}',
+        "The model `x` does not exist.",
+    ),
+    "oa-e500": (500, b'{"detail": "CUDA out of memory"}', "CUDA out of memory"),
 }
 BUSY = b'{"error": "server busy, please try again.  maximum pending requests exceeded"}'
 
@@ -124,7 +136,8 @@ class Hub:
         self.slow = echo_upstream(tmp / "slow", delay=3)  # a word, then 3 s of silence
         # One request at a time, none queued: a direct request gets 503 while the router's is running.
         self.single = echo_upstream(tmp / "single", delay=0.05, OLLAMA_NUM_PARALLEL="1", OLLAMA_MAX_QUEUE="0")
-        config = "".join(pool(name, stub.url) for name, stub in self.stubs.items())
+        kinds = {name: "openai" if name.startswith("oa-") else "ollama" for name in self.stubs}
+        config = "".join(pool(name, stub.url, kind=kinds[name]) for name, stub in self.stubs.items())
         config += pool("none", self.busy.url, self.refused)
         config += pool("silent", silent, timeout=0.5)
         config += pool("skip", quiet, self.refused, self.echo.url, timeout=0.5, upstream_model=SMOLLM2)

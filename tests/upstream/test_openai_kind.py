@@ -51,9 +51,8 @@ def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def openai_router(llama_cpp_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    kind = '\nkind = "openai"\n'
-    config = pool(ROUTED, llama_cpp_server, upstream_model=ALIAS).rstrip() + kind
-    config += pool("smollm2-*", llama_cpp_server).rstrip() + kind  # a pattern: the server's /v1/models
+    config = pool(ROUTED, llama_cpp_server, upstream_model=ALIAS, kind="openai")
+    config += pool("smollm2-*", llama_cpp_server, kind="openai")  # a pattern: the server's /v1/models
     with router(tmp_path_factory.mktemp("openai-router"), config + "[health]\ninterval = 0.5\n") as server:
         yield server
 
