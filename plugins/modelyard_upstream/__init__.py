@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -124,7 +125,8 @@ class UpstreamBackend(Backend):
         return ModelView(
             name=name,
             format="remote",
-            digest=f"upstream:{name}:{','.join(upstream.url for upstream in pool.upstreams)}",
+            # Changes with the pool, so a reloaded config reloads the model (a sha256, as clients expect).
+            digest=hashlib.sha256(f"{name} {msgspec.json.encode(pool).decode()}".encode()).hexdigest(),
             remote=Remote(host=first.url, model=first.model or pool.upstream_model or name),
             details=Details(),
             source=self.name,

@@ -46,6 +46,8 @@ def request(completion: Completion, model: str) -> tuple[str, dict[str, Any]]:
         body["format"] = completion.format
     if completion.think is not None:
         body["think"] = completion.think
+    if not completion.truncate:  # the upstream refuses a prompt longer than its context, as asked
+        body["truncate"] = False
     if completion.logprobs:
         body["logprobs"] = True
         body["top_logprobs"] = completion.top_logprobs
