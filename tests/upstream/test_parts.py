@@ -269,3 +269,8 @@ def test_the_affinity_key_is_the_prompts_prefix():
     assert prefix(completion(messages=messages), 20) == b"system: Long shared "
     assert prefix(completion(prompt="raw text"), 3) == b"raw"
     assert prefix(completion(messages=messages), 0) == b""
+
+
+def test_truncate_false_is_forwarded_so_the_upstream_refuses_a_long_prompt():
+    _, body = ollama.request(completion(messages=[Message(role="user", content="Hi")], truncate=False), "up")
+    assert body["truncate"] is False
