@@ -287,8 +287,10 @@ class UpstreamModel(LoadedModel):
                 raise none_left from None
             tried[target.endpoint] = ""
             try:
-                async for event in self._forward(target, pool, completion):
-                    yield event
+                # aclosing: a client that leaves closes the upstream request now, not when the GC gets to it.
+                async with contextlib.aclosing(self._forward(target, pool, completion)) as events:
+                    async for event in events:
+                        yield event
                 return
             except Retry as retry:
                 tried[target.endpoint] = retry.error.message
