@@ -7,8 +7,8 @@ slot takes the oldest waiting request (FIFO); a request whose client went away i
 step, whether it waits, evaluates its prompt or generates. Each sequence samples with its own sampler
 chain, built as llama-cpp-python builds it for one request, so a request's options mean the same.
 
-The KV cache is unified: `parallel * num_ctx` cells, shared by the sequences. Each request keeps its own
-context limit (TokenLoop caps it to num_ctx), so the cells can never run out. A slot keeps the tokens
+The KV cache holds `parallel * num_ctx` cells, `num_ctx` for each sequence (llama.cpp's non-unified
+cache); TokenLoop caps each request to num_ctx, so a sequence's cells never run out. A slot keeps the tokens
 its last request left in the cache: the next request whose prompt starts the same way (a
 conversation's next turn, a shared system prompt) goes to that slot and evaluates only the rest.
 """
@@ -342,8 +342,12 @@ def open_context(lib: Any, llm: Any, *, parallel: int, context_length: int, batc
     params.n_ctx = context_length * parallel
     params.n_batch = params.n_ubatch = batch_size
     params.n_seq_max = parallel
-    if hasattr(params, "kv_unified"):  # one cache for all sequences, so a batch needs no equal split
-        params.kv_unified = True
+    if hasattr(params, "kv_unified"):
+        # A cache stream per sequence, as llama-server's default: a sequence's cells start at 0 whatever the
+        # others hold, so its attention sums run as they run alone, and a greedy answer is the same text
+        # alone and in a batch. In one unified cache the cells' places change the rounding (measured:
+        # 2 of 4 greedy answers differed, one from its first token).
+        params.kv_unified = False
     llm._ctx.close()  # the minimal context Llama made: the batched one replaces it
     ctx = lib.llama_init_from_model(llm._model.model, params)
     if ctx is None:
