@@ -241,6 +241,13 @@ class BatchEngine:
         sequence.evaluated = reused
         self.cache.prompt_tokens += len(prompt)
         self.cache.reused_tokens += reused
+        log.debug(
+            "sequence %d: %d of %d prompt tokens from the cache (%.0f%% of this model's prompt tokens so far)",
+            slot.seq_id,
+            reused,
+            len(prompt),
+            100 * self.cache.hit_rate,
+        )
         self._running.append(sequence)
 
     def _step(self) -> None:
