@@ -22,7 +22,7 @@ from modelyard_conformance.launcher import ServerProcess
 
 MODEL = "smollm2:135m"
 PARALLEL = 4
-PROMPTS = ["Why is the sky blue?", "Name three fruits.", "Write a haiku about the sea.", "What is 2+2?"]
+PROMPTS = ["Why is the sky blue?", "Tell me about the moon.", "Write a story about the sea.", "Explain how bread is made."]
 GREEDY = {"temperature": 0, "seed": 1, "num_predict": 24}
 LONG = {"num_predict": 3000, "temperature": 1.0}
 
