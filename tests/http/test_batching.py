@@ -22,7 +22,12 @@ from modelyard_conformance.launcher import ServerProcess
 
 MODEL = "smollm2:135m"
 PARALLEL = 4
-PROMPTS = ["Why is the sky blue?", "Tell me about the moon.", "Write a story about the sea.", "Explain how bread is made."]
+PROMPTS = [
+    "Why is the sky blue?",
+    "Tell me about the moon.",
+    "Write a story about the sea.",
+    "Explain how bread is made.",
+]
 GREEDY = {"temperature": 0, "seed": 1, "num_predict": 12}
 LONG = {"num_predict": 3000, "temperature": 1.0}
 
