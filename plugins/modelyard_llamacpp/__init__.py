@@ -1,7 +1,8 @@
 """The llama.cpp backend, through llama-cpp-python. Registered like any third-party plugin.
 
 It serves GGUF models. Chat templates come from the GGUF (Jinja); Ollama's options map onto llama.cpp's
-sampler; generation runs in a worker thread that stops between tokens when the client goes away.
+sampler. With OLLAMA_NUM_PARALLEL=1 (the default) generation runs in a worker thread that stops between
+tokens when the client goes away; with more, one engine thread batches the requests (batch.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from modelyard_llamacpp.embed import LlamaCppEmbeddingModel, is_embedding_model
 
 if TYPE_CHECKING:
     from modelyard.plugin import ChatTemplate
+    from modelyard_llamacpp.batch import BatchEngine
+    from modelyard_llamacpp.sampling import SamplerChain
 
 INSTALL_HINT = (
     "the llamacpp backend needs llama-cpp-python: pip install 'modelyard[llamacpp]' "
@@ -57,6 +60,9 @@ class LlamaCppSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     flash_attn: bool = False
     verbose: bool = False  # llama.cpp's own logging on stderr
 
+
+# The context Llama makes for itself when a batch engine brings its own (llama.cpp pads it up to 256 cells).
+BATCHED_PLACEHOLDER_CONTEXT = 64
 
 # ggml's log levels (ggml.h): DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5.
 GGML_LOG_LEVEL_ERROR = 4
@@ -108,6 +114,7 @@ class LlamaCppBackend(Backend):
     priority: ClassVar[int] = 10
     Settings: ClassVar[type[msgspec.Struct]] = LlamaCppSettings
     quantizes: ClassVar[bool] = True
+    max_parallel: ClassVar[int] = 64  # sequences of one batch engine (each with its own num_ctx of cache)
     settings: LlamaCppSettings
 
     def __init__(self, settings: LlamaCppSettings) -> None:
@@ -142,7 +149,7 @@ class LlamaCppBackend(Backend):
         """The weights and an f16 KV cache for the whole context."""
         adapter = model.files.get("adapter")
         weights = model.files["model"].stat().st_size + (adapter.stat().st_size if adapter else 0)
-        return weights + _kv_cache_bytes(model.metadata, spec.context_length)
+        return weights + _kv_cache_bytes(model.metadata, spec.context_length * spec.parallel)
 
     async def load(self, model: ModelView, spec: LoadSpec) -> LoadedModel:
         try:
@@ -164,13 +171,17 @@ class LlamaCppBackend(Backend):
                     engine_said.extend(lines)
 
         embedding = is_embedding_model(model.metadata)
+        batched = spec.parallel > 1 and not embedding  # embeddings batch their inputs in one call instead
+        # A batched model gets its context from batch.open_context; Llama's own is minimal and freed there.
+        own_context = BATCHED_PLACEHOLDER_CONTEXT if batched else spec.context_length
+        own_batch = min(spec.batch_size, own_context)
 
         def build() -> Any:
             return llama_cpp.Llama(
                 str(weights),
-                n_ctx=spec.context_length,
-                n_batch=spec.batch_size,
-                n_ubatch=spec.batch_size,
+                n_ctx=own_context,
+                n_batch=own_batch,
+                n_ubatch=own_batch,
                 n_threads=spec.threads,
                 n_threads_batch=spec.threads,
                 n_gpu_layers=spec.gpu_layers,
@@ -189,7 +200,14 @@ class LlamaCppBackend(Backend):
             raise InternalError(f"llama.cpp could not load {weights} ({model.name}): {reason}") from exc
         if embedding:
             return LlamaCppEmbeddingModel(llm, model, spec.context_length, self.memory_estimate(model, spec))
-        return LlamaCppModel(llm, model, spec.context_length, self.memory_estimate(model, spec))
+        loaded = LlamaCppModel(llm, model, spec.context_length, self.memory_estimate(model, spec))
+        if batched:
+            try:
+                await asyncio.to_thread(loaded.start_batching, spec.parallel, spec.batch_size)
+            except BaseException:
+                await loaded.close()
+                raise
+        return loaded
 
     async def quantize(self, source: Path, target: Path, file_type: str) -> None:
         """Quantize an F16/F32 GGUF file (llama.cpp's llama_model_quantize) into `target`."""
@@ -228,12 +246,37 @@ class LlamaCppModel(LoadedModel):
             eos_token=_token_text(metadata, "tokenizer.ggml.eos_token_id"),
         )
         self._grammars: dict[str, Any] = {}
+        self._grammar_lock = threading.Lock()  # batched requests prepare in several worker threads
         self._pieces: dict[int, bytes] = {}
+        self.engine: BatchEngine | None = None  # set when the model serves several requests at once
+
+    def start_batching(self, parallel: int, batch_size: int) -> None:
+        """Serve `parallel` requests at once from one context (batch.py); runs in a worker thread."""
+        from modelyard_llamacpp.batch import BatchEngine, open_context
+
+        ctx, free = open_context(
+            self._lib, self.llm, parallel=parallel, context_length=self.n_ctx, batch_size=batch_size
+        )
+        self.engine = BatchEngine(
+            self._lib,
+            ctx,
+            self.llm._model.vocab,
+            parallel=parallel,
+            batch_size=batch_size,
+            piece=self._piece,
+            on_close=free,
+        )
+        self.parallel = parallel
 
     def generate(self, completion: Completion) -> AsyncGenerator[Event]:
+        if self.engine is not None:
+            return self.engine.generate(lambda: self._prepare_batched(completion))
         return iterate_in_thread(lambda stop: self._generate(completion, stop))
 
     async def close(self) -> None:
+        engine = self.engine
+        if engine is not None:
+            await asyncio.to_thread(engine.close)
         await asyncio.to_thread(self.llm.close)
 
     # --- in the worker thread ---------------------------------------------------------------------
@@ -265,6 +308,20 @@ class LlamaCppModel(LoadedModel):
                 length = self._lib.llama_token_to_piece(self.llm._model.vocab, token, buffer, len(buffer), 0, False)
             piece = self._pieces[token] = buffer.raw[:length]
         return piece
+
+    def _prepare_batched(self, completion: Completion) -> tuple[list[int], TokenLoop, SamplerChain, bool]:
+        """What the batch engine needs of one request: the same prompt, budget and sampler as `_generate`."""
+        from modelyard_llamacpp.sampling import SamplerChain
+
+        options = completion.options
+        loop = TokenLoop(completion, self.n_ctx)
+        with self._grammar_lock:
+            grammar = self._grammar(completion.format)
+        prompt = loop.fit(self._prompt_tokens(completion))
+        seed = options.seed if options.seed >= 0 else random.getrandbits(32)
+        sampler = SamplerChain.build(self._lib, self.llm._model, options, seed=seed, grammar=grammar, n_ctx=self.n_ctx)
+        # A seeded request must repeat: it evaluates its whole prompt, as `_generate` does (llm.reset()).
+        return prompt, loop, sampler, options.seed < 0
 
     def _grammar(self, format_: Any) -> Any:
         if format_ is None:

