@@ -231,10 +231,50 @@ def evaluate(request: Request, expect: CompiledExpect, exchange: Exchange, mode:
         problems.extend(f"error: {problem}" for problem in failures(expect.error, error))
     elif error is not MISSING and exchange.status < 400:
         problems.append(f"unexpected error line: {error!r}")
+    if expect.plausible_durations:
+        problems.extend(implausible_durations(final, exchange.seconds))
     text = text_of(request.path, [d for d in documents if "error" not in d])
     if expect.text is not None:
         problems.extend(f"text: {problem}" for problem in failures(expect.text, text))
     return Outcome(problems=problems, final=final, text=text)
+
+
+DURATIONS = ("load_duration", "prompt_eval_duration", "eval_duration")
+# The least time a server spends on a request it answers, relative to what the client waited: a total in
+# milliseconds (a millionth of the nanoseconds) falls far below it, a real one stays far above.
+LEAST_SHARE_INSIDE_THE_SERVER = 1e-3
+LEAST_NS_PER_TOKEN = 1000  # no engine generates a token in less than a microsecond
+
+
+def implausible_durations(final: Any, seconds: float) -> list[str]:
+    """Why the final object's durations cannot be nanoseconds of this request (empty when they can).
+
+    Each part fits inside total_duration, which fits inside the time the client waited and is not
+    a thousand times less; eval_duration allows at least a microsecond per generated token."""
+    if not isinstance(final, dict):
+        return ["no final object with durations"]
+    total = final.get("total_duration")
+    if not isinstance(total, int):
+        return [f"total_duration must be integer nanoseconds, is {total!r}"]
+    waited = seconds * 1e9
+    problems = []
+    if total > waited:
+        problems.append(f"total_duration {total} ns is longer than the request took ({waited:.0f} ns)")
+    if total < waited * LEAST_SHARE_INSIDE_THE_SERVER:
+        problems.append(f"total_duration {total} is too short for a request that took {waited:.0f} ns: not nanoseconds?")
+    parts = {name: final.get(name) for name in DURATIONS if name in final}
+    if any(not isinstance(value, int) for value in parts.values()):
+        problems.append(f"durations must be integer nanoseconds: {parts}")
+        return problems
+    if sum(parts.values()) > total:
+        problems.append(f"{' + '.join(parts)} = {sum(parts.values())} exceeds total_duration {total}")
+    eval_count = final.get("eval_count")
+    if isinstance(eval_count, int) and "eval_duration" in parts:
+        if parts["eval_duration"] < eval_count * LEAST_NS_PER_TOKEN:
+            problems.append(
+                f"eval_duration {parts['eval_duration']} ns is less than a microsecond per token for {eval_count} tokens"
+            )
+    return problems
 
 
 def parse_documents(kind: str, exchange: Exchange) -> tuple[list[dict[str, Any]], list[str]]:
