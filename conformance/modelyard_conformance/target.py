@@ -115,6 +115,9 @@ class Target:
         self.process = process
         self.workdir = workdir
         self.http = httpx.Client(base_url=self.base_url, timeout=120.0)
+        # The longest any one request may take, whatever its case allows (mutation runs set it, so that a
+        # mutant that makes generation run on cannot stall them).
+        self.request_timeout: float | None = None
         self.registry = FakeRegistry().start()
         self.variables = {**model_variables(model), **run_variables(), "registry": self.registry.address}
         self.server_version = ""
