@@ -43,6 +43,7 @@ class Exchange(msgspec.Struct, kw_only=True):
     body: bytes
     seconds: float
     disconnected: bool = False
+    first_chunk_seconds: float | None = None  # when the first bytes of the answer came
 
     def transcript(self, limit: int = 1500) -> str:
         sent = "" if self.sent is None else "\n  " + self.sent.decode(errors="replace")[:500]
@@ -100,11 +101,14 @@ def send(target: Target, request: Request, mode: str | None) -> Exchange:
         headers.setdefault("Content-Type", "application/json")
     started = time.perf_counter()
     chunks: list[bytes] = []
+    first_chunk: float | None = None
     disconnected = False
     timeout = request.timeout if target.request_timeout is None else min(request.timeout, target.request_timeout)
     with target.http.stream(request.verb, request.path, content=content, headers=headers, timeout=timeout) as response:
         lines = 0
         for chunk in response.iter_raw():
+            if not chunks:
+                first_chunk = time.perf_counter() - started
             chunks.append(chunk)
             lines += chunk.count(b"\n")
             if request.disconnect_after_lines is not None and lines >= request.disconnect_after_lines:
@@ -122,6 +126,7 @@ def send(target: Target, request: Request, mode: str | None) -> Exchange:
         body=b"".join(chunks),
         seconds=time.perf_counter() - started,
         disconnected=disconnected,
+        first_chunk_seconds=first_chunk,
     )
 
 
@@ -230,7 +235,9 @@ def evaluate(request: Request, expect: CompiledExpect, exchange: Exchange, mode:
     elif error is not MISSING and exchange.status < 400:
         problems.append(f"unexpected error line: {error!r}")
     if expect.plausible_durations:
-        problems.extend(implausible_durations(final, exchange.seconds))
+        first = exchange.first_chunk_seconds
+        streaming = None if first is None or kind != "ndjson" else exchange.seconds - first
+        problems.extend(implausible_durations(final, exchange.seconds, streaming))
     text = text_of(request.path, [d for d in documents if "error" not in d])
     if expect.text is not None:
         problems.extend(f"text: {problem}" for problem in failures(expect.text, text))
@@ -242,13 +249,15 @@ DURATIONS = ("load_duration", "prompt_eval_duration", "eval_duration")
 # milliseconds (a millionth of the nanoseconds) falls far below it, a real one stays far above.
 LEAST_SHARE_INSIDE_THE_SERVER = 1e-3
 LEAST_NS_PER_TOKEN = 1000  # no engine generates a token in less than a microsecond
+LEAST_SHARE_OF_STREAM = 0.1
 
 
-def implausible_durations(final: Any, seconds: float) -> list[str]:
+def implausible_durations(final: Any, seconds: float, streaming: float | None = None) -> list[str]:
     """Why the final object's durations cannot be nanoseconds of this request (empty when they can).
 
     Each part fits inside total_duration, which fits inside the time the client waited and is not
-    a thousand times less; eval_duration allows at least a microsecond per generated token."""
+    a thousand times less; eval_duration allows at least a microsecond per generated token and, for a
+    stream, is not a tenth of the time between its first and its last line, which generation filled."""
     if not isinstance(final, dict):
         return ["no final object with durations"]
     total = final.get("total_duration")
@@ -270,6 +279,8 @@ def implausible_durations(final: Any, seconds: float) -> list[str]:
     eval_duration = parts.get("eval_duration")
     if isinstance(eval_count, int) and eval_duration is not None and eval_duration < eval_count * LEAST_NS_PER_TOKEN:
         problems.append(f"eval_duration {eval_duration} ns is under a microsecond a token ({eval_count} tokens)")
+    if streaming is not None and eval_duration is not None and eval_duration < streaming * 1e9 * LEAST_SHARE_OF_STREAM:
+        problems.append(f"eval_duration {eval_duration} ns is too short for a stream that took {streaming:.3f} s")
     return problems
 
 
