@@ -1,6 +1,7 @@
 """The small language of expectations: paths into a JSON value, and checks on what they find.
 
-A path is dotted (`message.role`), with `*` for every element of a list (`models.*.digest`), `[key=value]`
+A path is dotted (`message.role`), with `*` for every element of a list (`models.*.digest`), a number for
+one element (`models.0.name`, the first), `[key=value]`
 for the first element whose `key` equals `value` (`models[name=smollm2:135m].size`) and `["a.b"]` for a
 key that contains dots (`model_info["general.architecture"]`).
 
@@ -134,7 +135,10 @@ def resolve(document: Any, path: str) -> Iterator[tuple[str, Any]]:
             return
         head, rest = segments[0], segments[1:]
         if head.kind == "key":
-            found = value.get(head.key, MISSING) if isinstance(value, dict) else MISSING
+            if isinstance(value, list) and head.key.isdigit():
+                found = value[int(head.key)] if int(head.key) < len(value) else MISSING
+            else:
+                found = value.get(head.key, MISSING) if isinstance(value, dict) else MISSING
             if found is MISSING:
                 yield f"{where}.{head.key}".lstrip("."), MISSING
             else:

@@ -4,6 +4,7 @@
     modelyard conformance --base-url http://host:11434 --model llama3.2
     modelyard conformance --model smollm2:135m                  # the server at OLLAMA_HOST
     modelyard conformance --self-check                          # the suite's own checks, no server
+    modelyard conformance --mutation-score --backend llamacpp   # score the suite against the mutant catalogue
 
 Every other argument goes to pytest (`-k chat/`, `-x`, `--conformance-report report.json`, ...).
 """
@@ -68,7 +69,12 @@ def conformance_main(argv: list[str] | None = None) -> int:
         print("  --backend NAME | --base-url URL, --model MODEL (default smollm2:135m), --expectations FILE,")
         print("  --capability NAME, --server-env KEY=VALUE, --models-dir DIR, --create-from PATH, --no-extensions,")
         print("  --conformance-report PATH")
+        print("  --mutation-score [--mutant ID] [--case-timeout S] [--report PATH] [--fail-under PERCENT]")
         return 0
+    if "--mutation-score" in argv:
+        from .mutation import main as mutation_main
+
+        return mutation_main([arg for arg in argv if arg != "--mutation-score"])
     if "--self-check" in argv:
         from .selfcheck import main as selfcheck_main
 

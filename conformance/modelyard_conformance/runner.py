@@ -43,6 +43,7 @@ class Exchange(msgspec.Struct, kw_only=True):
     body: bytes
     seconds: float
     disconnected: bool = False
+    first_chunk_seconds: float | None = None  # when the first bytes of the answer came
 
     def transcript(self, limit: int = 1500) -> str:
         sent = "" if self.sent is None else "\n  " + self.sent.decode(errors="replace")[:500]
@@ -100,21 +101,22 @@ def send(target: Target, request: Request, mode: str | None) -> Exchange:
         headers.setdefault("Content-Type", "application/json")
     started = time.perf_counter()
     chunks: list[bytes] = []
+    first_chunk: float | None = None
     disconnected = False
-    with target.http.stream(
-        request.verb, request.path, content=content, headers=headers, timeout=request.timeout
-    ) as response:
-        if request.disconnect_after_lines is not None:
-            lines = 0
-            for chunk in response.iter_raw():
-                chunks.append(chunk)
-                lines += chunk.count(b"\n")
-                if lines >= request.disconnect_after_lines:
-                    disconnected = True
-                    break
-        else:
-            for chunk in response.iter_raw():
-                chunks.append(chunk)
+    timeout = request.timeout if target.request_timeout is None else min(request.timeout, target.request_timeout)
+    with target.http.stream(request.verb, request.path, content=content, headers=headers, timeout=timeout) as response:
+        lines = 0
+        for chunk in response.iter_raw():
+            if not chunks:
+                first_chunk = time.perf_counter() - started
+            chunks.append(chunk)
+            lines += chunk.count(b"\n")
+            if request.disconnect_after_lines is not None and lines >= request.disconnect_after_lines:
+                disconnected = True
+                break
+            # A stream that keeps coming never trips the read timeout: a capped run ends it here.
+            if target.request_timeout is not None and time.perf_counter() - started > timeout:
+                raise httpx.ReadTimeout(f"the answer took longer than {timeout:g} s")
     return Exchange(
         method=request.verb,
         url=request.path,
@@ -124,6 +126,7 @@ def send(target: Target, request: Request, mode: str | None) -> Exchange:
         body=b"".join(chunks),
         seconds=time.perf_counter() - started,
         disconnected=disconnected,
+        first_chunk_seconds=first_chunk,
     )
 
 
@@ -231,10 +234,54 @@ def evaluate(request: Request, expect: CompiledExpect, exchange: Exchange, mode:
         problems.extend(f"error: {problem}" for problem in failures(expect.error, error))
     elif error is not MISSING and exchange.status < 400:
         problems.append(f"unexpected error line: {error!r}")
+    if expect.plausible_durations:
+        first = exchange.first_chunk_seconds
+        streaming = None if first is None or kind != "ndjson" else exchange.seconds - first
+        problems.extend(implausible_durations(final, exchange.seconds, streaming))
     text = text_of(request.path, [d for d in documents if "error" not in d])
     if expect.text is not None:
         problems.extend(f"text: {problem}" for problem in failures(expect.text, text))
     return Outcome(problems=problems, final=final, text=text)
+
+
+DURATIONS = ("load_duration", "prompt_eval_duration", "eval_duration")
+# The least time a server spends on a request it answers, relative to what the client waited: a total in
+# milliseconds (a millionth of the nanoseconds) falls far below it, a real one stays far above.
+LEAST_SHARE_INSIDE_THE_SERVER = 1e-3
+LEAST_NS_PER_TOKEN = 1000  # no engine generates a token in less than a microsecond
+LEAST_SHARE_OF_STREAM = 0.1
+
+
+def implausible_durations(final: Any, seconds: float, streaming: float | None = None) -> list[str]:
+    """Why the final object's durations cannot be nanoseconds of this request (empty when they can).
+
+    Each part fits inside total_duration, which fits inside the time the client waited and is not
+    a thousand times less; eval_duration allows at least a microsecond per generated token and, for a
+    stream, is not a tenth of the time between its first and its last line, which generation filled."""
+    if not isinstance(final, dict):
+        return ["no final object with durations"]
+    total = final.get("total_duration")
+    if not isinstance(total, int):
+        return [f"total_duration must be integer nanoseconds, is {total!r}"]
+    waited = seconds * 1e9
+    problems = []
+    if total > waited:
+        problems.append(f"total_duration {total} ns is longer than the request took ({waited:.0f} ns)")
+    if total < waited * LEAST_SHARE_INSIDE_THE_SERVER:
+        problems.append(f"total_duration {total} is too short for a request of {waited:.0f} ns: not nanoseconds?")
+    if any(not isinstance(final.get(name), int) for name in DURATIONS if name in final):
+        problems.append(f"durations must be integer nanoseconds: { {name: final.get(name) for name in DURATIONS} }")
+        return problems
+    parts: dict[str, int] = {name: final[name] for name in DURATIONS if name in final}
+    if sum(parts.values()) > total:
+        problems.append(f"{' + '.join(parts)} = {sum(parts.values())} exceeds total_duration {total}")
+    eval_count = final.get("eval_count")
+    eval_duration = parts.get("eval_duration")
+    if isinstance(eval_count, int) and eval_duration is not None and eval_duration < eval_count * LEAST_NS_PER_TOKEN:
+        problems.append(f"eval_duration {eval_duration} ns is under a microsecond a token ({eval_count} tokens)")
+    if streaming is not None and eval_duration is not None and eval_duration < streaming * 1e9 * LEAST_SHARE_OF_STREAM:
+        problems.append(f"eval_duration {eval_duration} ns is too short for a stream that took {streaming:.3f} s")
+    return problems
 
 
 def parse_documents(kind: str, exchange: Exchange) -> tuple[list[dict[str, Any]], list[str]]:

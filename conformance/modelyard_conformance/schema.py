@@ -80,6 +80,8 @@ class Expect(Strict, kw_only=True):
     text: Any = msgspec.UNSET
     error: Any = msgspec.UNSET
     max_seconds: float | None = None
+    # The final object's durations are integer nanoseconds that fit the request's wall time and token counts.
+    plausible_durations: bool | None = None
     # Overrides that apply in one streaming mode only.
     stream: Expect | None = None
     no_stream: Expect | None = None
@@ -109,6 +111,7 @@ class Expect(Strict, kw_only=True):
             text=None if self.text is msgspec.UNSET else parse_check(self.text),
             error=None if self.error is msgspec.UNSET else parse_check(self.error),
             max_seconds=self.max_seconds,
+            plausible_durations=bool(self.plausible_durations),
         )
 
 
@@ -123,6 +126,7 @@ class CompiledExpect(msgspec.Struct, kw_only=True):
     text: Check | None
     error: Check | None
     max_seconds: float | None
+    plausible_durations: bool
 
 
 class Step(Strict, kw_only=True):

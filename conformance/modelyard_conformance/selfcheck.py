@@ -30,7 +30,7 @@ INDEX_FILE = "reference_index.json"
 
 # Capabilities of Ollama's /api/show, and the traits and test hooks the suite adds (docs/conformance.md).
 MODEL_CAPABILITIES = frozenset({"completion", "tools", "insert", "vision", "embedding", "thinking", "image", "audio"})
-SUITE_CAPABILITIES = frozenset({"loopback", "fault-injection"})
+SUITE_CAPABILITIES = frozenset({"loopback", "fault-injection", "prunes-blobs"})
 TRAIT_PATTERN = re.compile(r"format:[a-z0-9_-]+")
 
 IMPERATIVE = re.compile(r"^(tests?|checks?|verif(y|ies)|ensures?|make sure|asserts?|should|it should)\b", re.I)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import secrets
 import shutil
 import tempfile
@@ -73,10 +74,15 @@ def run_variables() -> dict[str, str]:
     """Values unique to one run: a blob no earlier run uploaded, so that its first upload creates it."""
     run_id = secrets.token_hex(6)
     content = f"modelyard conformance blob {run_id}\n"
+    # A system prompt no other model has: a model created with it holds a layer (a blob) of its own,
+    # whose digest is the hash of the text.
+    system = f"You are the assistant of conformance run {run_id}."
     return {
         "run_id": run_id,
         "blob_content": content,
         "blob_digest": "sha256:" + hashlib.sha256(content.encode()).hexdigest(),
+        "unique_system": system,
+        "unique_system_digest": "sha256:" + hashlib.sha256(system.encode()).hexdigest(),
     }
 
 
@@ -109,6 +115,9 @@ class Target:
         self.process = process
         self.workdir = workdir
         self.http = httpx.Client(base_url=self.base_url, timeout=120.0)
+        # The longest any one request may take, whatever its case allows (mutation runs set it, so that a
+        # mutant that makes generation run on cannot stall them).
+        self.request_timeout: float | None = None
         self.registry = FakeRegistry().start()
         self.variables = {**model_variables(model), **run_variables(), "registry": self.registry.address}
         self.server_version = ""
@@ -123,7 +132,9 @@ class Target:
     @property
     def capabilities(self) -> frozenset[str]:
         """The model's capabilities (from /api/show), the `--capability` additions, and traits of the target:
-        `loopback` (the server listens on a loopback address) and `format:<details.format>` (`format:gguf`)."""
+        `loopback` (the server listens on a loopback address), `format:<details.format>` (`format:gguf`) and
+        `prunes-blobs` (a modelyard server the suite started, without OLLAMA_NOPRUNE: /api/delete removes the
+        blobs no other model uses)."""
         return self.model_capabilities | self.extra_capabilities | self.traits
 
     @classmethod
@@ -152,6 +163,8 @@ class Target:
         target = cls(
             process.url, model, backend=backend, extra_capabilities=extra_capabilities, process=process, workdir=workdir
         )
+        if not {**os.environ, **env}.get("OLLAMA_NOPRUNE"):
+            target.traits |= {"prunes-blobs"}
         return target.prepare(create_from)
 
     @classmethod
