@@ -23,10 +23,9 @@ import logging
 import os
 import signal
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 from urllib.parse import urlsplit
 
-import httpx
 import msgspec
 
 from modelyard.plugin import (
@@ -50,6 +49,9 @@ from modelyard.plugin import (
 from . import ollama, openai
 from .config import HealthEntry, PoolEntry, UpstreamEntry, read_config
 from .pool import Endpoint, Target, UpstreamError, choose
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_REMOTES = "ollama.com"  # Ollama's default OLLAMA_REMOTES
 RETRY_STATUSES = frozenset({502, 503, 504})  # answers that say "try another server"
@@ -170,6 +172,8 @@ class UpstreamBackend(Backend):
         return UpstreamModel(self, model, spec.context_length, pool.parallel)
 
     def http(self) -> httpx.AsyncClient:
+        import httpx  # on first use: a server without upstreams never loads it
+
         if self.client is None:
             # Timeouts are set per request (each pool has its own); no pool limit: the scheduler bounds it.
             limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
@@ -209,6 +213,8 @@ class UpstreamBackend(Backend):
 
     async def probe(self, endpoint: Endpoint) -> None:
         """Ask the upstream for its models: it is healthy when it answers, and the answer says what it has."""
+        import httpx  # on first use: a server without upstreams never loads it
+
         path = "/v1/models" if endpoint.kind == "openai" else "/api/tags"
         try:
             response = await self.http().get(endpoint.url + path, headers=_headers(endpoint), timeout=5.0)
@@ -297,6 +303,8 @@ class UpstreamModel(LoadedModel):
                 failures.append(retry.error)
 
     async def _forward(self, target: Target, pool: PoolEntry, completion: Completion) -> AsyncGenerator[Event]:
+        import httpx  # on first use: a server without upstreams never loads it
+
         endpoint, health = target.endpoint, self.backend.health
         protocol = openai if endpoint.kind == "openai" else ollama
         path, body = protocol.request(completion, target.model)
@@ -384,6 +392,8 @@ def prefix(completion: Completion, length: int) -> bytes:
 
 async def _first_line(lines: AsyncIterator[str]) -> str:
     """The first line that is not empty (the first byte of the answer: after it, no failover)."""
+    import httpx  # on first use: a server without upstreams never loads it
+
     async for line in lines:
         if line.strip():
             return line

@@ -119,14 +119,14 @@ def test_coverage_problems_are_found() -> None:
     coverage = load_coverage()
     assert selfcheck.coverage_problems(cases, index, coverage) == []
     # An endpoint that the server gains stays red until it has a case and leaves coverage.yaml.
-    problems = selfcheck.coverage_problems(cases, index, coverage, implemented=[("POST", "/api/embed")])
+    problems = selfcheck.coverage_problems(cases, index, coverage, implemented=[("GET", "/api/status")])
     assert any("no case requests it" in problem for problem in problems)
     assert any("says pending" in problem for problem in problems)
     # A catalogue row neither covered nor pending.
     fewer = msgspec.structs.replace(
-        coverage, pending=[p for p in coverage.pending if p.row != "`input` bad type | embed"]
+        coverage, pending=[p for p in coverage.pending if p.row != "`/api/me` not signed in | me"]
     )
-    assert any("`input` bad type" in problem for problem in selfcheck.coverage_problems(cases, index, fewer))
+    assert any("`/api/me` not signed in" in problem for problem in selfcheck.coverage_problems(cases, index, fewer))
 
 
 def test_paths_find_values() -> None:
