@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import msgspec
+
 from modelyard.errors import BadRequest
 from modelyard.runtime.contract import Details
 from modelyard.store.formats import ModelFormat
@@ -25,14 +27,7 @@ class RemoteFormat(ModelFormat):
 
     def details(self, model: StoredModel) -> Details:
         # As Ollama shows them: the config's words, so format is "" unless the creator set one.
-        config = model.config
-        return Details(
-            format=config.model_format,
-            family=config.model_family,
-            families=config.model_families,
-            parameter_size=config.model_type,
-            quantization_level=config.file_type,
-        )
+        return msgspec.structs.replace(super().details(model), format=model.config.model_format)
 
     def model_info(self, model: StoredModel, verbose: bool) -> dict[str, Any]:
         """What the config knows (Ollama's show of a remote model); the remote server knows the rest."""
