@@ -50,7 +50,8 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
         drain=drain,
     )
     metrics = Metrics(scheduler)
-    # Outermost first: every answer, the guard's and the key check's included, is logged and counted.
+    # Outermost first, around the router: every answer, the guard's, the key check's and a 404's included,
+    # is logged and counted.
     middleware = [observe_middleware([metrics.observe_http]), guard_middleware(settings)]
     if settings.api_keys is not None:
         middleware.append(auth_middleware(settings, KeyRing(settings.api_keys)))  # a broken file stops here
@@ -81,7 +82,7 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
             Exception: handle_unexpected,
         },
         lifespan=[lifespan],
-        middleware=middleware,
+        outer_middleware=middleware,
         state=State(
             {
                 "settings": settings,

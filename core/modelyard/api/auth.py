@@ -7,7 +7,8 @@ sends from OLLAMA_API_KEY, and the OpenAI SDKs from `api_key`) or as `x-api-key:
 
 Scopes: `inference` (generation, listings, show), `admin` (pull, push, create, copy, delete, blobs, and
 everything else), `metrics` (GET /metrics). Missing or unknown key: 401; a key without the scope or the
-model: 403; over its rate: 429 with Retry-After. Every answer is Ollama's `{"error": ...}` envelope.
+model: 403; over its rate: 429 with Retry-After. Each answer is in the envelope of the API the path
+belongs to: Ollama's `{"error": ...}`, OpenAI's under /v1/, Anthropic's on /v1/messages.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ from litestar.types import (
     Send,
 )
 
+from modelyard.api.http import error_envelope
 from modelyard.api.logs import CURRENT_EXCHANGE
+from modelyard.api.openai.errors import OpenAIError
 from modelyard.config import Settings
 from modelyard.errors import BadRequest
 from modelyard.store.names import ModelName, strip_source
@@ -300,8 +303,18 @@ def insecure_bind_warning(settings: Settings) -> str | None:
     )
 
 
-async def answer_error(send: Send, status: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    body = msgspec.json.encode({"error": message})
+async def answer_error(
+    scope: Scope,
+    send: Send,
+    status: int,
+    message: str,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    code: str | None = None,
+) -> None:
+    """The refusal in the envelope of the API the path belongs to (what its SDK parses: the openai SDK
+    raises AuthenticationError, PermissionDeniedError or RateLimitError by status and reads the message);
+    `code` is OpenAI's `error.code`."""
+    body = error_envelope(scope.get("path", ""), message, status, OpenAIError(message, code=code) if code else None)
     await send(
         {
             "type": "http.response.start",
@@ -331,18 +344,23 @@ def auth_middleware(settings: Settings, ring: KeyRing) -> Callable[[ASGIApp], AS
             key = ring.authenticate(presented) if presented else None
             if key is None:
                 message = "unauthorized: invalid API key" if presented else "unauthorized: an API key is required"
-                await answer_error(send, 401, message, [(b"www-authenticate", b'Bearer realm="modelyard"')])
+                challenge = [(b"www-authenticate", b'Bearer realm="modelyard"')]
+                await answer_error(scope, send, 401, message, challenge, "invalid_api_key" if presented else None)
                 return
             if (exchange := CURRENT_EXCHANGE.get()) is not None:
                 exchange.key = key.name  # for the request log
             needed = required_scope(path)
             if not key.allows_scope(needed):
-                await answer_error(send, 403, f'forbidden: API key "{key.name}" does not have the {needed} scope')
+                await answer_error(
+                    scope, send, 403, f'forbidden: API key "{key.name}" does not have the {needed} scope'
+                )
                 return
             wait = limiter.retry_after(key)
             if wait:
                 message = f'too many requests: API key "{key.name}" is limited to {key.rate_limit} a minute'
-                await answer_error(send, 429, message, [(b"retry-after", str(wait).encode())])
+                await answer_error(
+                    scope, send, 429, message, [(b"retry-after", str(wait).encode())], "rate_limit_exceeded"
+                )
                 return
             if "*" not in key.models:
                 checked = await _check_models(scope, receive, send, key, settings.max_body_size)
@@ -377,7 +395,8 @@ async def _check_models(scope: Scope, receive: Receive, send: Send, key: ApiKey,
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if limit is not None and size > limit:
-                await answer_error(send, 413, f"request body is larger than {limit} bytes (MODELYARD_MAX_BODY_SIZE)")
+                too_large = f"request body is larger than {limit} bytes (MODELYARD_MAX_BODY_SIZE)"
+                await answer_error(scope, send, 413, too_large)
                 return None
             if not message.get("more_body", False):
                 break
@@ -390,7 +409,7 @@ async def _check_models(scope: Scope, receive: Receive, send: Send, key: ApiKey,
             names += [value for field in MODEL_FIELDS if isinstance(value := decoded.get(field), str) and value]
     for name in names:
         if not key.allows_model(name):
-            await answer_error(send, 403, f'forbidden: API key "{key.name}" may not use model "{name}"')
+            await answer_error(scope, send, 403, f'forbidden: API key "{key.name}" may not use model "{name}"')
             return None
     if method not in ("POST", "PUT", "PATCH", "DELETE") or path.startswith("/api/blobs"):
         return receive

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 from litestar.response import Stream
+from litestar.types import ASGIApp
 
-from modelyard.api.anthropic.errors import anthropic_error_response
+from modelyard.api.anthropic.errors import error_body as anthropic_error_body
 from modelyard.api.ollama.wire import ErrorResponse
-from modelyard.api.openai.errors import openai_error_response
+from modelyard.api.openai.errors import ErrorBody as OpenAIErrorBody
+from modelyard.api.openai.errors import error_detail as openai_error_detail
 from modelyard.errors import BadRequest, Canceled, ModelyardError
 from modelyard.store.gguf import GGUFError
 
@@ -40,17 +42,31 @@ def error_response(message: str, status: int) -> Response[bytes]:
     return json_response(ErrorResponse(error=message), status)
 
 
+def api_of(path: str) -> str:
+    """Which API a path belongs to, for its error envelope: "anthropic", "openai" or "ollama"."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return "anthropic"
+    if path.startswith("/v1/"):
+        return "openai"
+    return "ollama"
+
+
+def error_envelope(path: str, message: str, status: int, exc: BaseException | None = None) -> bytes:
+    """The error's body in the envelope of the API its path belongs to: Anthropic's for /v1/messages,
+    OpenAI's under /v1/, else Ollama's. The middlewares (keys, limits) answer with it too."""
+    api = api_of(path)
+    if api == "anthropic":
+        return ENCODER.encode(anthropic_error_body(message, status))
+    if api == "openai":
+        return ENCODER.encode(OpenAIErrorBody(error=openai_error_detail(message, status, exc)))
+    return ENCODER.encode(ErrorResponse(error=message))
+
+
 def api_error_response(
     request: Request[Any, Any, Any], message: str, status: int, exc: BaseException | None = None
 ) -> Response[bytes]:
-    """The error in the envelope of the API its path belongs to: Anthropic's for /v1/messages, OpenAI's
-    under /v1/, else Ollama's."""
-    path = request.scope["path"]
-    if path == "/v1/messages" or path.startswith("/v1/messages/"):
-        return anthropic_error_response(message, status)
-    if path.startswith("/v1/"):
-        return openai_error_response(message, status, exc)
-    return error_response(message, status)
+    """The error in the envelope of the API its path belongs to (error_envelope)."""
+    return Response(error_envelope(request.scope["path"], message, status, exc), status_code=status, media_type=JSON)
 
 
 async def decode_body(request: Request[Any, Any, Any], body_type: type[Body]) -> Body:
@@ -182,11 +198,24 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
 
 
 class App(Litestar):
-    """Litestar without the plugins it adds whenever pydantic or attrs is installed.
+    """Litestar without the plugins it adds whenever pydantic or attrs is installed, and with middleware
+    that wraps the router itself (`outer_middleware`, outermost first).
 
     The app decodes and encodes with msgspec only; the pydantic plugin alone costs about half a second of
-    start-up and 20 MB (pydantic is there whenever the `ollama` client is).
+    start-up and 20 MB (pydantic is there whenever the `ollama` client is). Litestar's own `middleware`
+    runs only once a route has matched; the request log, the metrics, the guard and the key check must
+    also see the paths that match none (a 404 must not tell a caller without a key which routes exist).
     """
+
+    def __init__(self, *args: Any, outer_middleware: Sequence[Callable[[ASGIApp], ASGIApp]] = (), **kwargs: Any):
+        self.outer_middleware = tuple(outer_middleware)  # read by _create_asgi_handler, during __init__
+        super().__init__(*args, **kwargs)
+
+    def _create_asgi_handler(self) -> ASGIApp:
+        handler = super()._create_asgi_handler()
+        for middleware in reversed(self.outer_middleware):
+            handler = middleware(handler)
+        return handler
 
     @staticmethod
     def _get_default_plugins(plugins: list[Any]) -> list[Any]:

@@ -130,9 +130,10 @@ def write_line(exchange: Exchange) -> None:
         for name, value in fields.items()
         if name not in ("method", "path", "status", "duration")
     )
-    log.info(
-        "%s %s %s %s %s", exchange.method, exchange.path, exchange.status, duration, rest, extra={"fields": fields}
-    )
+    # The path is the client's, percent-decoded: quoted when it holds a space or a control character, so
+    # that it cannot forge a line of its own or a field.
+    path = exchange.path if exchange.path.isprintable() and " " not in exchange.path else json.dumps(exchange.path)
+    log.info("%s %s %s %s %s", exchange.method, path, exchange.status, duration, rest, extra={"fields": fields})
 
 
 class JsonFormatter(logging.Formatter):

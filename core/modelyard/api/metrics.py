@@ -42,6 +42,8 @@ TOKEN_GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3
 TOKEN_GAP_BUCKETS_LONG = (*TOKEN_GAP_BUCKETS, 7.5, 10.0, 20.0, 40.0, 80.0)
 TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+UNMATCHED = "unmatched"  # the route label of a path that matches no route
+HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 OUTPUT_EVENTS = (TextDelta, ThinkingDelta, ToolCallEvent)
 NS = 1e9
 
@@ -138,9 +140,12 @@ class Metrics:
         r.register(SchedulerCollector(scheduler))
 
     def observe_http(self, exchange: Exchange) -> None:
-        route = exchange.route or exchange.path
-        self.http_requests.labels(route, exchange.method, str(exchange.status)).inc()
-        self.http_duration.labels(route, exchange.method).observe(exchange.finished or 0.0)
+        # Labels a client cannot multiply: the route's template (one label for every path that matches
+        # none) and a known method.
+        route = exchange.route or UNMATCHED
+        method = exchange.method if exchange.method in HTTP_METHODS else "other"
+        self.http_requests.labels(route, method, str(exchange.status)).inc()
+        self.http_duration.labels(route, method).observe(exchange.finished or 0.0)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
