@@ -29,7 +29,7 @@ from modelyard.api.shutdown import Drain
 from modelyard.errors import Unavailable
 from modelyard.runtime.catalog import ModelCatalog
 from modelyard.runtime.contract import Backend, Done, Event, ModelView, TextDelta, ThinkingDelta, ToolCallEvent
-from modelyard.runtime.inference import GenerationRequest, Inference
+from modelyard.runtime.inference import EmbedRequest, EmbedResult, GenerationRequest, Inference
 from modelyard.runtime.options import Options
 from modelyard.runtime.plugins import Backends
 from modelyard.runtime.scheduler import SHUTTING_DOWN, Lease, Scheduler
@@ -208,11 +208,14 @@ class MeteredScheduler(Scheduler):
         try:
             if self.drain.expired:
                 raise Unavailable(SHUTTING_DOWN)
-            return await self._before_deadline(super().acquire(model, backend, options, keep_alive))
+            lease = await self._before_deadline(super().acquire(model, backend, options, keep_alive))
         finally:
             self.waiting_by_model[labels] -= 1
             if not self.waiting_by_model[labels]:
                 del self.waiting_by_model[labels]
+        if exchange is not None:  # a generation's Done says it again; an embedding has only this
+            exchange.load_duration, exchange.queue_duration = lease.load_duration / NS, lease.queue_duration / NS
+        return lease
 
     async def _before_deadline(self, acquiring: Coroutine[Any, Any, Lease]) -> Lease:
         """A lease granted before a shutdown's deadline, or 503 (a request may be waiting when the signal
@@ -259,6 +262,44 @@ class MeteredInference(Inference):
         async with aclosing(self._observed(super().chat(request), request)) as events:
             async for event in events:
                 yield event
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        """An embedding request, measured as vLLM measures its pooling requests: its prompt tokens, its
+        end-to-end latency, its queue time and its outcome (`stop` when the vectors came back). A request
+        that only loads the model is not one; inputs are never logged (they are documents, not prompts)."""
+        exchange = CURRENT_EXCHANGE.get() or Exchange("", "", "", None)
+        outcome: str | None = None
+        try:
+            result = await super().embed(request)
+        except (GeneratorExit, asyncio.CancelledError):
+            outcome = "abort"
+            raise
+        except BaseException:
+            outcome = "error"
+            raise
+        else:
+            if request.inputs:
+                outcome = "stop"
+                self._embedded(result, exchange)
+            return result
+        finally:
+            if outcome is not None and exchange.model is not None:  # None: no model was leased (404, 400)
+                labels = (exchange.model, exchange.backend or "")
+                self.metrics.request_success.labels(*labels, outcome).inc()
+                exchange.reason = outcome
+
+    def _embedded(self, result: EmbedResult, exchange: Exchange) -> None:
+        m = self.metrics
+        labels = (exchange.model or "", exchange.backend or "")
+        exchange.prompt_tokens = result.prompt_eval_count
+        exchange.total_duration = result.total_duration / NS
+        if exchange.load_duration:
+            m.model_load_time.labels(*labels).observe(exchange.load_duration)
+        if exchange.queue_duration is not None:
+            m.queue_time.labels(*labels).observe(exchange.queue_duration)
+        m.e2e_latency.labels(*labels).observe(exchange.total_duration)
+        m.prompt_tokens.labels(*labels).inc(result.prompt_eval_count)
+        m.request_prompt_tokens.labels(*labels).observe(result.prompt_eval_count)
 
     async def _observed(self, events: AsyncGenerator[Event], request: GenerationRequest) -> AsyncGenerator[Event]:
         exchange = CURRENT_EXCHANGE.get() or Exchange("", "", "", None)  # a caller without the middleware
