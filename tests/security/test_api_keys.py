@@ -127,6 +127,45 @@ def test_a_key_without_the_admin_scope_cannot_change_the_store(server, keys):
         assert admin.post("/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False}).status_code == 200
 
 
+def test_the_official_client_cannot_delete_a_model_without_the_admin_scope(server, keys):
+    with ollama.Client(host=server.url, headers={"authorization": f"Bearer {keys.user}"}) as user:
+        with pytest.raises(ollama.ResponseError) as refused:
+            user.delete(MODEL)
+        assert refused.value.status_code == 403 and "admin scope" in refused.value.error
+        assert MODEL in [model.model for model in user.list().models]
+    with ollama.Client(host=server.url, headers={"authorization": f"Bearer {keys.admin}"}) as admin:
+        assert admin.copy(MODEL, "deletable").status == "success"
+        assert admin.delete("deletable").status == "success"
+
+
+def test_a_path_that_matches_no_route_needs_a_key_too(server, keys):
+    """Without a key every path is 401 alike, so the answers do not map the routes; with one, Ollama's 404."""
+    with client(server) as anonymous:
+        for path in ("/api/nothing", "/admin", "/api/tags/extra", "/v1/nothing"):
+            refused = anonymous.get(path)
+            assert refused.status_code == 401, path
+        assert refused.json()["error"]["type"] == "authentication_error"  # /v1/: OpenAI's envelope
+        assert anonymous.get("/api/generate").status_code == 401  # a route, but not for GET: 401 all the same
+    with client(server, keys.user) as user:
+        missing = user.get("/api/nothing")
+        assert (missing.status_code, missing.text) == (404, "404 page not found")
+        assert user.get("/api/generate").status_code == 405
+    with client(server, keys.metrics) as scraper:  # a path that matches nothing asks for the inference scope
+        assert scraper.get("/api/nothing").status_code == 403
+
+
+def test_a_path_cannot_forge_a_log_line(server):
+    with client(server) as anonymous:
+        assert anonymous.get("/api/x%0Aforged%20line", headers={"X-Request-Id": "forger-1"}).status_code == 401
+    deadline = time.monotonic() + 30
+    while "request_id=forger-1" not in server.log_path.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    lines = server.log_path.read_text().splitlines()
+    assert not any(line.startswith("forged") for line in lines)
+    assert any('GET "/api/x\\nforged line" 401' in line for line in lines)
+
+
 def test_a_key_limited_to_some_models_uses_only_those(server, keys):
     with client(server, keys.admin) as admin:
         assert admin.post("/api/copy", json={"source": MODEL, "destination": "other"}).status_code == 200

@@ -174,3 +174,25 @@ def test_a_llama_cpp_generation_is_measured_with_its_own_counts(llama_server):
     assert moved("modelyard:request_success_total", finished_reason="length") == 1
     assert moved("modelyard:time_to_first_token_seconds_count") == 1
     assert moved("modelyard:request_decode_time_seconds_sum") == pytest.approx(answer.eval_duration / 1e9)
+
+
+def test_paths_that_match_no_route_are_logged_and_counted_under_one_label(server):
+    before = scrape(server.url)
+    paths = [f"/no/such/path/{n}" for n in range(5)]
+    for path in paths:
+        assert httpx.get(server.url + path, headers={"X-Request-Id": f"lost-{path[-1]}"}).status_code == 404
+    assert httpx.request("BREW", server.url + "/api/tags").status_code == 405  # any token is a method to HTTP
+    after = scrape(server.url)
+
+    def moved(**labels: str) -> float:
+        return value(after, "modelyard:http_requests_total", **labels) - value(
+            before, "modelyard:http_requests_total", **labels
+        )
+
+    assert moved(route="unmatched", method="GET", status="404") == 5
+    assert moved(route="unmatched", method="other", status="405") == 1
+    labels = {dict(labels).get("route") for _, labels in after}
+    assert not any(path in labels for path in paths)  # one label for them all: a client cannot add series
+    poll(lambda: any(line.get("request_id") == "lost-4" for line in log_lines(server)))
+    lost = [line for line in log_lines(server) if str(line.get("request_id", "")).startswith("lost-")]
+    assert sorted(line["path"] for line in lost) == paths and {line["status"] for line in lost} == {404}

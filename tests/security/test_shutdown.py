@@ -13,14 +13,17 @@ from typing import ClassVar
 
 import httpx
 import pytest
+from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelyard.api.metrics import MeteredScheduler
 from modelyard.api.shutdown import Drain
+from modelyard.config import Settings
 from modelyard.errors import Unavailable
 from modelyard.plugin import Backend, LoadedModel, LoadSpec, ModelView
 from modelyard.runtime.contract import NoSettings
 from modelyard.runtime.options import Options
+from modelyard.server import create_app
 from modelyard_conformance.launcher import ServerProcess
 
 MODEL = "smollm2:135m"
@@ -169,3 +172,30 @@ def test_requests_waiting_at_the_deadline_are_turned_away_and_their_place_is_fre
         assert backend.log == ["load m", "close m"]
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+
+
+def test_after_the_deadline_each_api_answers_503_in_its_own_envelope(tmp_path):
+    """The openai SDK reads OpenAI's envelope, Anthropic's SDK Anthropic's: a 503 at shutdown is no exception."""
+    settings = Settings(models=tmp_path / "models", backends=("echo",), bundled_models=(MODEL,), shutdown_timeout=0)
+    app = create_app(settings)
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+
+    async def after_the_deadline() -> list[httpx.Response]:
+        async with AsyncTestClient(app) as client:
+            app.state.drain.begin()
+            await app.state.drain.wait_expired()
+            return [
+                await client.post("/api/chat", json=chat),
+                await client.post("/v1/chat/completions", json=chat),
+                await client.post("/v1/messages", json={**chat, "max_tokens": 4}),
+            ]
+
+    ollama_answer, openai_answer, anthropic_answer = asyncio.run(after_the_deadline())
+    assert [r.status_code for r in (ollama_answer, openai_answer, anthropic_answer)] == [503, 503, 503]
+    assert ollama_answer.json() == {"error": "server is shutting down"}
+    assert openai_answer.json()["error"]["message"] == "server is shutting down"
+    assert set(openai_answer.json()["error"]) == {"message", "type", "param", "code"}
+    assert anthropic_answer.json() == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "server is shutting down"},
+    }
