@@ -21,6 +21,7 @@ from modelyard.api.metrics import MeteredInference, MeteredScheduler, Metrics, m
 from modelyard.api.ollama.encode import UtcClock
 from modelyard.api.ollama.routes import ROUTES
 from modelyard.api.openai.routes import ROUTES as OPENAI_ROUTES
+from modelyard.api.openapi import openapi_endpoint
 from modelyard.api.shutdown import Drain
 from modelyard.config import Settings
 from modelyard.errors import ModelyardError
@@ -75,7 +76,7 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
             log.info("models unloaded")
 
     return App(
-        route_handlers=[*ROUTES, *OPENAI_ROUTES, *ANTHROPIC_ROUTES, metrics_endpoint],
+        route_handlers=[*ROUTES, *OPENAI_ROUTES, *ANTHROPIC_ROUTES, metrics_endpoint, openapi_endpoint],
         exception_handlers={
             ModelyardError: handle_modelyard_error,
             HTTPException: handle_http_exception,

@@ -6,8 +6,9 @@ purpose, every error is Ollama's `{"error": ...}` envelope, and a rejected reque
 was. hypothesis checks the parsers a request reaches: model names, durations, Modelfiles, options and
 Go templates fail only with their own errors, never with a crash.
 
-The app's own OpenAPI is not used: the routes decode raw bodies with msgspec (Ollama's error texts), so
-the schema Litestar would generate has no request bodies to fuzz; Ollama's description has them all.
+The app's own OpenAPI (GET /openapi.json, made from the wire types the routes decode: api/openapi.py) is
+fuzzed the same way, /v1 included: each error in its API's envelope. Pull and push are left out of both
+(they would reach registries on the internet).
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modelyard.api.openapi import OPERATIONS as APP_OPERATIONS
+from modelyard.api.openapi import openapi_document
+from modelyard.config import Settings
 from modelyard.errors import BadRequest, ModelyardError
 from modelyard.runtime.options import parse_go_duration, parse_keep_alive, parse_options
+from modelyard.server import create_app
 from modelyard.store.modelfile import ModelfileError, parse_modelfile
 from modelyard.store.names import ModelName
 from modelyard.templates.gotemplate import GoTemplate, GoTemplateError
@@ -53,6 +58,13 @@ schema = schemathesis.openapi.from_path(SPEC)
 OPERATIONS = [
     operation
     for result in schema.get_all_operations()
+    if (operation := result.ok()).path not in ("/api/pull", "/api/push")
+]
+
+APP_SCHEMA = schemathesis.openapi.from_dict(openapi_document())
+OWN_OPERATIONS = [
+    operation
+    for result in APP_SCHEMA.get_all_operations()
     if (operation := result.ok()).path not in ("/api/pull", "/api/push")
 ]
 
@@ -89,6 +101,59 @@ def test_generated_requests_from_ollamas_openapi_get_no_500(server, operation):
     call()
     after = httpx.post(server.url + "/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False}, timeout=60)
     assert after.status_code == 200  # and the server still serves a plain request
+
+
+def assert_envelope(path: str, response: schemathesis.Response, sent: str) -> None:
+    """An error in the envelope of its path's API (what that API's SDK parses)."""
+    body = response.json()
+    if path == "/v1/messages":
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, (response.text, sent)
+    elif path.startswith("/v1/"):
+        assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, (
+            response.text,
+            sent,
+        )
+    else:
+        assert set(body) == {"error"} and isinstance(body["error"], str), (response.text, sent)
+
+
+@pytest.mark.parametrize(
+    "operation", OWN_OPERATIONS, ids=lambda operation: f"{operation.method.upper()} {operation.path}"
+)
+def test_generated_requests_from_the_apps_own_openapi_get_no_500(server, operation):
+    root = Path(server.log_path).parent / "models"
+
+    @FUZZ
+    @given(case=operation.as_strategy())
+    def call(case: schemathesis.Case) -> None:
+        before = store_state(root)
+        response = case.call(base_url=server.url, timeout=60)
+        sent = f"{case.method} {case.formatted_path} {case.body!r}"[:500]
+        if response.status_code >= 500:
+            assert response.status_code == 500 and OLLAMA_500S.search(response.text), (response.text, sent)
+        content_type = (response.headers.get("content-type") or [""])[0]
+        if response.status_code >= 400 and case.method != "HEAD" and content_type.startswith("application/json"):
+            assert_envelope(operation.path, response, sent)
+        if response.status_code >= 400:
+            assert store_state(root) == before, sent  # a rejected request changed nothing
+
+    call()
+    after = httpx.post(server.url + "/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False}, timeout=60)
+    assert after.status_code == 200
+
+
+def test_the_apps_openapi_names_every_route_and_is_served(server, tmp_path):
+    app = create_app(Settings(models=tmp_path / "models", backends=("echo",), bundled_models=()))
+    routes = {
+        (method, route.path)
+        for route in app.routes
+        for method in getattr(route, "methods", ())
+        if method != "OPTIONS"  # Litestar answers OPTIONS on every path (CORS preflights)
+    }
+    assert routes == {(operation.method, operation.path) for operation in APP_OPERATIONS}
+    served = httpx.get(server.url + "/openapi.json")
+    assert served.status_code == 200 and served.json() == openapi_document()
+    assert served.json()["paths"]["/api/generate"]["post"]["requestBody"]["required"] is True
 
 
 # --- parsers ---------------------------------------------------------------------------------------
