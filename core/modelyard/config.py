@@ -113,6 +113,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     shutdown_timeout: float = 10.0  # seconds running requests may take to finish after SIGTERM
     header_timeout: float = 30.0  # seconds a connection has to send a request's headers
     idle_timeout: float = 5.0  # seconds an idle keep-alive connection stays open (uvicorn's default)
+    body_timeout: float = 60.0  # seconds a request's body may take to arrive (an upload: per stall)
+    write_timeout: float = 60.0  # seconds a client may leave an answer unread before its connection is cut
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -148,6 +150,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             shutdown_timeout=parse_seconds(env, "MODELYARD_SHUTDOWN_TIMEOUT", 10.0),
             header_timeout=parse_seconds(env, "MODELYARD_HEADER_TIMEOUT", 30.0),
             idle_timeout=parse_seconds(env, "MODELYARD_IDLE_TIMEOUT", 5.0),
+            body_timeout=parse_seconds(env, "MODELYARD_BODY_TIMEOUT", 60.0),
+            write_timeout=parse_seconds(env, "MODELYARD_WRITE_TIMEOUT", 60.0),
             open_paths=DEFAULT_OPEN_PATHS
             if open_paths is None
             else tuple(p.strip() for p in open_paths.split(",") if p.strip() not in ("", "none")),

@@ -16,6 +16,7 @@ from modelyard.api.anthropic.routes import ROUTES as ANTHROPIC_ROUTES
 from modelyard.api.auth import KeyRing, auth_middleware, insecure_bind_warning
 from modelyard.api.guard import guard_middleware
 from modelyard.api.http import App, handle_http_exception, handle_modelyard_error, handle_unexpected
+from modelyard.api.limits import body_timeout_middleware
 from modelyard.api.logs import observe_middleware
 from modelyard.api.metrics import MeteredInference, MeteredScheduler, Metrics, metrics_endpoint
 from modelyard.api.ollama.encode import UtcClock
@@ -53,7 +54,11 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
     metrics = Metrics(scheduler)
     # Outermost first, around the router: every answer, the guard's, the key check's and a 404's included,
     # is logged and counted.
-    middleware = [observe_middleware([metrics.observe_http]), guard_middleware(settings)]
+    middleware = [
+        observe_middleware([metrics.observe_http]),
+        body_timeout_middleware(settings.body_timeout),
+        guard_middleware(settings),
+    ]
     if settings.api_keys is not None:
         middleware.append(auth_middleware(settings, KeyRing(settings.api_keys)))  # a broken file stops here
 

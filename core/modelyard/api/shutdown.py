@@ -50,10 +50,11 @@ class Drain:
 
 
 def serve_gracefully(app: Any, drain: Drain, header_timeout: float, **config: Any) -> None:
-    """uvicorn.run, with the drain started by the first SIGTERM or SIGINT, and the header deadline."""
+    """uvicorn.run, with the drain started by the first SIGTERM or SIGINT, and the header and write
+    deadlines (api/limits.py; the write deadline is the app's setting)."""
     import uvicorn
 
-    from modelyard.api.limits import header_timeout_protocol
+    from modelyard.api.limits import deadline_protocol
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -67,5 +68,5 @@ def serve_gracefully(app: Any, drain: Drain, header_timeout: float, **config: An
             super().handle_exit(sig, frame)
 
     grace = math.ceil(drain.grace + BACKSTOP)
-    http = header_timeout_protocol(header_timeout)
+    http = deadline_protocol(header_timeout, app.state.settings.write_timeout)
     Server(uvicorn.Config(app, http=http, timeout_graceful_shutdown=grace, **config)).run()
