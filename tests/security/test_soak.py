@@ -1,7 +1,8 @@
 """A soak test, out of the default run: `uv run pytest -m soak tests/security/test_soak.py -s`.
 
 For SOAK_SECONDS (default 600) several clients mix generate and chat on the llama.cpp backend (streamed
-and not), embed, tags, show, ps, pulls and deletes from a loopback registry, clients that leave
+and not), embeddings from all-minilm (/api/embed, /api/embeddings, /v1/embeddings), tags, show, ps,
+pushes, pulls and deletes through a loopback registry, clients that leave
 mid-stream and bad input. Every request must be answered (no transport error, no 5xx other than the
 deliberate ones), and the server's resident memory and open file descriptors must be flat: the last
 quarter of the run may not grow beyond the first quarter's peak by more than a margin (allocators keep
@@ -25,6 +26,7 @@ from support.registry import LocalRegistry
 from modelyard_conformance.launcher import ServerProcess
 
 MODEL = "smollm2:135m"
+EMBEDDER = "all-minilm:latest"
 SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 CLIENTS = 4
 MEMORY_MARGIN = 64 * 1024**2  # bytes the last quarter's RSS may exceed the first quarter's peak by
@@ -55,7 +57,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     models = tmp_path_factory.mktemp("soak") / "models"
-    env = {"MODELYARD_BACKENDS": "llamacpp", "MODELYARD_BUNDLED_MODELS": MODEL, "OLLAMA_NUM_PARALLEL": "2"}
+    env = {
+        "MODELYARD_BACKENDS": "llamacpp",
+        "MODELYARD_BUNDLED_MODELS": f"{MODEL},{EMBEDDER}",
+        "OLLAMA_NUM_PARALLEL": "2",
+    }
     with ServerProcess(models, env) as running:
         yield running
 
@@ -91,8 +97,22 @@ class Load:
         return response.status_code
 
     def embed(self, http: httpx.Client, rng: random.Random) -> int:
-        # 404 while /api/embed is not served (another branch adds it): an answer all the same.
-        return http.post("/api/embed", json={"model": MODEL, "input": "hello"}).status_code
+        """Vectors from all-minilm through each embedding endpoint, and a generation model's refusal."""
+        texts = rng.sample(["The cat sits outside.", "I love pasta.", "Do you like pizza?", "A man plays."], 2)
+        endpoint = rng.choice(["embed", "embeddings", "openai", "refused"])
+        if endpoint == "embed":
+            answer = http.post("/api/embed", json={"model": EMBEDDER, "input": texts})
+            assert [len(vector) for vector in answer.json()["embeddings"]] == [384, 384], answer.text[:200]
+        elif endpoint == "embeddings":
+            answer = http.post("/api/embeddings", json={"model": EMBEDDER, "prompt": texts[0]})
+            assert len(answer.json()["embedding"]) == 384, answer.text[:200]
+        elif endpoint == "openai":
+            answer = http.post("/v1/embeddings", json={"model": EMBEDDER, "input": texts})
+            assert [len(item["embedding"]) for item in answer.json()["data"]] == [384, 384], answer.text[:200]
+        else:
+            answer = http.post("/api/embed", json={"model": MODEL, "input": texts[0]})
+            assert answer.status_code == 400 and "does not support embeddings" in answer.json()["error"]
+        return answer.status_code
 
     def listings(self, http: httpx.Client, rng: random.Random) -> int:
         statuses = [http.get("/api/tags").status_code, http.get("/api/ps").status_code]
@@ -129,7 +149,7 @@ def test_mixed_load_for_a_bounded_time_keeps_memory_and_descriptors_flat(server,
         (load.generate, 30),
         (load.chat, 25),
         (load.leave_mid_stream, 8),
-        (load.embed, 5),
+        (load.embed, 10),
         (load.listings, 15),
         (load.bad_input, 12),
         (load.pull_and_delete, 5),
