@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import ollama
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelyard.api.auth import (
     ApiKey,
@@ -152,6 +153,25 @@ def test_a_path_that_matches_no_route_needs_a_key_too(server, keys):
         assert user.get("/api/generate").status_code == 405
     with client(server, keys.metrics) as scraper:  # a path that matches nothing asks for the inference scope
         assert scraper.get("/api/nothing").status_code == 403
+
+
+def test_refusals_before_routing_are_counted_under_their_route(server, keys):
+    def http_requests(scraper: httpx.Client, route: str, status: str) -> float:
+        families = text_string_to_metric_families(scraper.get("/metrics").text)
+        labels = {"route": route, "method": "GET", "status": status}
+        return sum(
+            s.value
+            for f in families
+            for s in f.samples
+            if s.name.endswith("http_requests_total") and s.labels == labels
+        )
+
+    with client(server, keys.metrics) as scraper, client(server) as anonymous:
+        before = (http_requests(scraper, "/api/ps", "401"), http_requests(scraper, "unmatched", "401"))
+        assert anonymous.get("/api/ps").status_code == 401
+        assert anonymous.get("/api/nowhere").status_code == 401
+        after = (http_requests(scraper, "/api/ps", "401"), http_requests(scraper, "unmatched", "401"))
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
 
 
 def test_a_path_cannot_forge_a_log_line(server):

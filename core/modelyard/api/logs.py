@@ -23,6 +23,7 @@ from contextvars import ContextVar
 from typing import Any, cast
 
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from litestar.utils import normalize_path
 
 log = logging.getLogger("modelyard.requests")
 
@@ -107,7 +108,7 @@ def observe_middleware(on_finish: list[Callable[[Exchange], None]]) -> Callable[
                 await app(scope, receive, answer)
             finally:
                 CURRENT_EXCHANGE.reset(token)
-                exchange.route = scope.get("path_template")
+                exchange.route = scope.get("path_template") or route_template(scope)
                 exchange.finished = time.perf_counter() - exchange.started
                 if exchange.status is None:
                     exchange.status = 499  # the client left before an answer began (nginx's code)
@@ -118,6 +119,20 @@ def observe_middleware(on_finish: list[Callable[[Exchange], None]]) -> Callable[
         return observed
 
     return middleware
+
+
+def route_template(scope: Scope) -> str | None:
+    """The template of the route a request was for when it was answered before routing (a 401 of the key
+    check, a 403 of the guard, a 408), or None when no route matches it: the router's own lookup, which
+    it caches (1,024 paths at most)."""
+    app = scope.get("litestar_app")
+    if app is None:
+        return None
+    try:
+        template: str = app.asgi_router.handle_routing(normalize_path(scope["path"]), scope.get("method"))[4]
+    except Exception:  # NotFoundException, MethodNotAllowedException: the path is no route's
+        return None
+    return template
 
 
 def write_line(exchange: Exchange) -> None:
