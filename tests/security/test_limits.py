@@ -6,6 +6,7 @@ its request in time is served as usual."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import socket
@@ -16,6 +17,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from modelyard.api.auth import add_key
+from modelyard.config import Settings
+from modelyard.server import create_app
 from modelyard_conformance.launcher import ServerProcess
 
 MODEL = "smollm2:135m"
@@ -186,3 +190,44 @@ def test_a_client_that_stops_reading_is_cut_off_and_its_place_freed(impatient_se
     assert httpx.post(
         impatient_server.url + "/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False}, timeout=60
     ).json()["done"]
+
+
+def test_a_body_the_key_check_reads_times_out_too(tmp_path):
+    """A key limited to some models has its body read before routing: a stalled one gets the same 408."""
+    key, _ = add_key(tmp_path / "keys.json", "limited", models=["smollm2"], scopes=["inference"])
+    settings = Settings(
+        models=tmp_path / "models",
+        backends=("echo",),
+        bundled_models=(),
+        api_keys=tmp_path / "keys.json",
+        body_timeout=0.2,
+    )
+    app = create_app(settings)
+    sent: list[dict] = []
+
+    async def stalled_body() -> dict:
+        await asyncio.sleep(3600)  # the client sent its headers and nothing more
+        raise AssertionError("unreachable")
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    headers = [(b"host", b"localhost"), (b"authorization", f"Bearer {key}".encode()), (b"content-length", b"100")]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 11434),
+    }
+    asyncio.run(app(scope, stalled_body, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+    error = json.loads(sent[1]["body"])["error"]
+    assert "MODELYARD_BODY_TIMEOUT" in error["message"] and set(error) == {"message", "type", "param", "code"}
