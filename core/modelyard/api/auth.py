@@ -38,7 +38,7 @@ from litestar.types import (
     Send,
 )
 
-from modelyard.api.http import error_envelope
+from modelyard.api.http import send_error
 from modelyard.api.logs import CURRENT_EXCHANGE
 from modelyard.api.openai.errors import OpenAIError
 from modelyard.config import Settings
@@ -314,19 +314,8 @@ async def answer_error(
     """The refusal in the envelope of the API the path belongs to (what its SDK parses: the openai SDK
     raises AuthenticationError, PermissionDeniedError or RateLimitError by status and reads the message);
     `code` is OpenAI's `error.code`."""
-    body = error_envelope(scope.get("path", ""), message, status, OpenAIError(message, code=code) if code else None)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    exc = OpenAIError(message, code=code) if code else None
+    await send_error(send, scope.get("path", ""), status, message, headers, exc)
 
 
 def auth_middleware(settings: Settings, ring: KeyRing) -> Callable[[ASGIApp], ASGIApp]:

@@ -15,7 +15,7 @@ import msgspec
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 from litestar.response import Stream
-from litestar.types import ASGIApp
+from litestar.types import ASGIApp, HTTPResponseStartEvent, Send
 
 from modelyard.api.anthropic.errors import error_body as anthropic_error_body
 from modelyard.api.ollama.wire import ErrorResponse
@@ -60,6 +60,25 @@ def error_envelope(path: str, message: str, status: int, exc: BaseException | No
     if api == "openai":
         return ENCODER.encode(OpenAIErrorBody(error=openai_error_detail(message, status, exc)))
     return ENCODER.encode(ErrorResponse(error=message))
+
+
+async def send_error(
+    send: Send,
+    path: str,
+    status: int,
+    message: str,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    exc: BaseException | None = None,
+) -> None:
+    """An error answered by a middleware, ahead of the routes, in the envelope of the path's API."""
+    body = error_envelope(path, message, status, exc)
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode()), *headers],
+    }
+    await send(start)
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def api_error_response(

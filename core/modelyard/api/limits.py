@@ -24,7 +24,7 @@ from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
-from modelyard.api.http import error_envelope
+from modelyard.api.http import send_error
 from modelyard.errors import ModelyardError
 
 log = logging.getLogger(__name__)
@@ -84,19 +84,7 @@ def body_timeout_middleware(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
             except BodyTimeout as exc:
                 if started:
                     raise
-                body = error_envelope(path, exc.message, exc.status)
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": exc.status,
-                        "headers": [
-                            (b"content-type", b"application/json; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body, "more_body": False})
+                await send_error(send, path, exc.status, exc.message, [(b"connection", b"close")])
 
         return bounded
 
