@@ -157,7 +157,6 @@ def test_mixed_load_for_a_bounded_time_keeps_memory_and_descriptors_flat(server,
     answered: Counter[tuple[str, int]] = Counter()
     failures: list[str] = []
     samples: list[tuple[float, int, int]] = []  # seconds since start, RSS bytes, open descriptors
-    started = time.monotonic()
     stop = threading.Event()
     lock = threading.Lock()
 
@@ -170,11 +169,15 @@ def test_mixed_load_for_a_bounded_time_keeps_memory_and_descriptors_flat(server,
                     status = action(http, rng)
                 except Exception as exc:  # a transport error or a wrong answer: recorded, not raised here
                     with lock:
-                        failures.append(f"{action.__name__}: {type(exc).__name__}: {exc}"[:300])
+                        failures.append(f"{action.__name__}: {type(exc).__name__}: {exc}"[:1000])
                     continue
                 with lock:
                     answered[(action.__name__, status)] += 1
 
+    with httpx.Client(base_url=server.url, timeout=300) as http:  # both models loaded before the first sample
+        assert http.post("/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False}).status_code == 200
+        assert http.post("/api/embed", json={"model": EMBEDDER, "input": "warm up"}).status_code == 200
+    started = time.monotonic()
     threads = [threading.Thread(target=client, args=(seed,)) for seed in range(CLIENTS)]
     for thread in threads:
         thread.start()
