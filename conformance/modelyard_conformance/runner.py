@@ -256,6 +256,9 @@ def evaluate(request: Request, expect: CompiledExpect, exchange: Exchange, mode:
         for index, document in enumerate(documents[:-1]):
             problems.extend(check_paths(document, expect.chunks, f"{unit} {index + 1}"))
     for name, checks in expect.events.items():
+        if kind != "sse":
+            problems.append(f"no {name!r} event: the answer is not a stream of server-sent events")
+            continue
         named = [document for event, document in zip(names, documents, strict=True) if event == name]
         if not named:
             problems.append(f"no {name!r} event came (events: {', '.join(dict.fromkeys(map(str, names)))})")

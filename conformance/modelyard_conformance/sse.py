@@ -76,6 +76,8 @@ def parse_events(body: bytes, disconnected: bool = False) -> tuple[list[ServerSe
                 data.append(value)
             elif field not in ("", "id", "retry"):  # "": a comment line
                 problems.append(f"event {number + 1}: unknown field line {line[:200]!r}")
+        if not data:
+            continue  # comments only (a keep-alive ping): a client dispatches no event for it
         joined = "\n".join(data)
         event = ServerSentEvent(name=name, data=joined)
         if joined != DONE:
