@@ -64,9 +64,14 @@ def test_stop_sequences_cut_the_answer(anthropic):
 
     full = ask()["content"][0]["text"]
     word = full.split()[3]
-    cut = ask(stop_sequences=[word])
+    cut = ask(stop_sequences=["never-emitted-123", word])
     assert cut["content"][0]["text"] == full[: full.index(word)]
-    assert cut["stop_reason"] == "end_turn"
+    assert cut["stop_reason"] == "stop_sequence" and cut["stop_sequence"] == word
+    body = {"model": MODEL, "max_tokens": 14, "messages": QUESTION, "temperature": 0, "stream": True}
+    with anthropic.stream("POST", "/v1/messages", json={**body, "stop_sequences": [word]}) as response:
+        ending = named_events(response)[-2][1]
+    assert ending["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": word}
+    assert ask()["stop_sequence"] is None  # no stop string: max_tokens ended it
 
 
 def test_content_blocks_are_read(anthropic):
