@@ -102,6 +102,17 @@ def request_body(request: Request, mode: str | None) -> bytes | None:
 
 
 def send(target: Target, request: Request, mode: str | None) -> Exchange:
+    """Send one request. A kept-alive connection that the server closed while idle (llama-server closes
+    them after a few requests) fails before any answer: that request is sent once more, on a new one."""
+    try:
+        return send_once(target, request, mode)
+    except httpx.RemoteProtocolError as exc:
+        if "without sending a response" not in str(exc):
+            raise
+        return send_once(target, request, mode)
+
+
+def send_once(target: Target, request: Request, mode: str | None) -> Exchange:
     content = request_body(request, mode)
     headers = dict(request.headers)
     if content is not None and request.raw is None:
