@@ -261,7 +261,7 @@ class Target:
             ids = [str(entry.get("id")) for entry in listed.json().get("data") or [] if isinstance(entry, dict)]
         except (ValueError, AttributeError) as exc:
             raise TargetError(f"GET /v1/models did not answer an OpenAI model list: {listed.text[:200]}") from exc
-        if self.model not in ids:
+        if self.model not in ids and self.variables["model_display"] not in ids:  # `name` listed as `name:latest`
             raise TargetError(f"the server at {self.base_url} has no model {self.model!r} in /v1/models: {ids}")
         if "embedding" not in self.extra_capabilities:
             self.model_capabilities = frozenset({"completion"})
