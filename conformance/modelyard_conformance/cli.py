@@ -3,6 +3,7 @@
     modelyard conformance --backend llamacpp                    # start a server with that backend, bundled model
     modelyard conformance --base-url http://host:11434 --model llama3.2
     modelyard conformance --model smollm2:135m                  # the server at OLLAMA_HOST
+    modelyard-conformance --base-url http://host:8080 --model m --api openai   # only /v1: any OpenAI server
     modelyard conformance --self-check                          # the suite's own checks, no server
     modelyard conformance --mutation-score --backend llamacpp   # score the suite against the mutant catalogue
 
@@ -68,6 +69,7 @@ def conformance_main(argv: list[str] | None = None) -> int:
         print("\nSuite options (see also `pytest --help`, section modelyard-conformance):")
         print("  --backend NAME | --base-url URL, --model MODEL (default smollm2:135m), --expectations FILE,")
         print("  --capability NAME, --server-env KEY=VALUE, --models-dir DIR, --create-from PATH, --no-extensions,")
+        print("  --api all|openai (openai: only the /v1 cases, the model looked up in /v1/models),")
         print("  --conformance-report PATH")
         print("  --mutation-score [--mutant ID] [--case-timeout S] [--report PATH] [--fail-under PERCENT]")
         return 0

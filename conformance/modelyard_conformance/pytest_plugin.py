@@ -97,6 +97,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="create --model from PATH before the run: a Modelfile, a model folder (ONNX) or a GGUF file",
     )
     group.addoption(
+        "--api",
+        dest="conformance_api",
+        choices=("all", "openai"),
+        default="all",
+        help="openai: run only the cases of the OpenAI- and Anthropic-compatible endpoints (/v1/...), for a server "
+        "that serves no Ollama API; the model is looked up in /v1/models (default: all)",
+    )
+    group.addoption(
         "--no-extensions",
         dest="conformance_no_extensions",
         action="store_true",

@@ -4,7 +4,8 @@ Besides what a case expects, every response must keep the contract that holds fo
 and content type, JSON bodies that decode through the API's response types (contract.py), so a field of the
 wrong type or a missing required field fails, error bodies that are exactly `{"error": "..."}`, and NDJSON
 streams whose lines each end in a newline, decode, and end with one final line (`done: true`) or one error
-line.
+line. The OpenAI- and Anthropic-compatible endpoints (under /v1/) keep their own contracts: their error
+envelopes, and server-sent event streams of the shapes their SDKs read (sse.py).
 """
 
 from __future__ import annotations
@@ -20,11 +21,17 @@ import msgspec
 
 from .checks import MISSING, Check, check_paths, failures, resolve
 from .contract import RESPONSE_TYPES
-from .schema import Case, CompiledExpect, Request, Step
+from .schema import Case, CompiledExpect, ContentKind, Request, Step
+from .sse import envelope_problems, parse_events, stream_problems, text_field
 from .target import Target
 
 TEXT_FIELDS = {"/api/generate": "response", "/api/chat": "message.content"}
-MIME_KINDS = {"application/json": "json", "application/x-ndjson": "ndjson", "text/plain": "text"}
+MIME_KINDS = {
+    "application/json": "json",
+    "application/x-ndjson": "ndjson",
+    "text/event-stream": "sse",
+    "text/plain": "text",
+}
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -95,6 +102,17 @@ def request_body(request: Request, mode: str | None) -> bytes | None:
 
 
 def send(target: Target, request: Request, mode: str | None) -> Exchange:
+    """Send one request. A kept-alive connection that the server closed while idle (llama-server closes
+    them after a few requests) fails before any answer: that request is sent once more, on a new one."""
+    try:
+        return send_once(target, request, mode)
+    except httpx.RemoteProtocolError as exc:
+        if "without sending a response" not in str(exc):
+            raise
+        return send_once(target, request, mode)
+
+
+def send_once(target: Target, request: Request, mode: str | None) -> Exchange:
     content = request_body(request, mode)
     headers = dict(request.headers)
     if content is not None and request.raw is None:
@@ -139,19 +157,22 @@ def content_kind(headers: dict[str, str]) -> str:
 
 
 def streams(request: Request, mode: str | None) -> bool:
-    """Whether the server streams its answer to this request (stream defaults to true)."""
+    """Whether the server streams its answer to this request (stream defaults to true on Ollama's endpoints,
+    to false on OpenAI's and Anthropic's)."""
     if not request.is_streaming or request.raw is not None or not isinstance(request.body, dict):
         return False
     if mode is not None:
         return mode == "stream"
-    return request.body.get("stream") is not False
+    if request.streams_by_default:
+        return request.body.get("stream") is not False
+    return request.body.get("stream") is True
 
 
 def decode(path: str, status: int, document: dict[str, Any], where: str) -> list[str]:
     """Problems decoding one JSON object through the wire type of its endpoint (or the error type)."""
     if path.startswith("/v1/"):
         # The OpenAI- and Anthropic-compatible APIs have their own envelopes; the cases check their shapes.
-        return []
+        return envelope_problems(path, status, document, where)
     if "error" in document or status >= 400:
         if set(document) != {"error"} or not isinstance(document.get("error"), str):
             return [f'{where}: an error body must be exactly {{"error": "<message>"}}, is {json.dumps(document)[:300]}']
@@ -166,8 +187,8 @@ def decode(path: str, status: int, document: dict[str, Any], where: str) -> list
     return []
 
 
-def text_of(path: str, documents: list[dict[str, Any]]) -> str:
-    field = TEXT_FIELDS.get(path)
+def text_of(path: str, documents: list[dict[str, Any]], kind: str = "json") -> str:
+    field = text_field(path, kind) if path.startswith("/v1/") else TEXT_FIELDS.get(path)
     if field is None:
         return ""
     parts = []
@@ -190,7 +211,8 @@ def evaluate(request: Request, expect: CompiledExpect, exchange: Exchange, mode:
     if exchange.status not in statuses:
         problems.append(f"status must be {' or '.join(map(str, statuses))}, is {exchange.status}")
     stream = streams(request, mode) and exchange.status == 200
-    kinds = expect.content_type or (["ndjson"] if stream else ["json"])
+    stream_kinds: list[ContentKind] = ["sse"] if request.is_openai else ["ndjson"]
+    kinds = expect.content_type or (stream_kinds if stream else ["json"])
     kind = content_kind(exchange.headers)
     if not exchange.body and "empty" in kinds:
         pass  # an empty answer, which the case allows whatever its content type says
@@ -210,7 +232,20 @@ def evaluate(request: Request, expect: CompiledExpect, exchange: Exchange, mode:
         problems.append(f"the answer must come within {expect.max_seconds} s, took {exchange.seconds:.1f} s")
 
     documents: list[dict[str, Any]] = []
-    if request.verb != "HEAD" and kind in ("json", "ndjson") and exchange.body:
+    names: list[str | None] = []  # with server-sent events: each document's event name (or its data's type)
+    if request.verb != "HEAD" and kind == "sse" and exchange.body:
+        events, parse_problems = parse_events(exchange.body, exchange.disconnected)
+        problems.extend(parse_problems)
+        for index, event in enumerate(events):
+            if event.document is None:
+                continue
+            names.append(event.name)
+            documents.append(event.document)
+            problems.extend(decode(request.path, exchange.status, event.document, f"event {index + 1}"))
+        if not exchange.disconnected:
+            body = request.body if isinstance(request.body, dict) else {}
+            problems.extend(stream_problems(request.path, body, events))
+    elif request.verb != "HEAD" and kind in ("json", "ndjson") and exchange.body:
         documents, parse_problems = parse_documents(kind, exchange)
         problems.extend(parse_problems)
         for index, document in enumerate(documents):
@@ -218,20 +253,30 @@ def evaluate(request: Request, expect: CompiledExpect, exchange: Exchange, mode:
             problems.extend(decode(request.path, exchange.status, document, where))
         if kind == "ndjson" and not exchange.disconnected:
             problems.extend(stream_shape(request.path, documents))
-    elif request.verb != "HEAD" and kind in ("json", "ndjson") and "empty" not in kinds:
+    elif request.verb != "HEAD" and kind in ("json", "ndjson", "sse") and "empty" not in kinds:
         problems.append("the body is empty")
 
     final = documents[-1] if documents else MISSING
+    unit = "event" if kind == "sse" else "line"
     if expect.body:
         if final is MISSING:
             problems.append("no JSON body to check")
         else:
-            problems.extend(check_paths(final, expect.body, "body" if kind == "json" else "final line"))
-    if expect.chunks and kind == "ndjson":
+            problems.extend(check_paths(final, expect.body, "body" if kind == "json" else f"final {unit}"))
+    if expect.chunks and kind in ("ndjson", "sse"):
         for index, document in enumerate(documents[:-1]):
-            problems.extend(check_paths(document, expect.chunks, f"line {index + 1}"))
-    if expect.line_count is not None and kind == "ndjson":
-        problems.extend(f"line count: {problem}" for problem in failures(expect.line_count, len(documents)))
+            problems.extend(check_paths(document, expect.chunks, f"{unit} {index + 1}"))
+    for name, checks in expect.events.items():
+        if kind != "sse":
+            problems.append(f"no {name!r} event: the answer is not a stream of server-sent events")
+            continue
+        named = [document for event, document in zip(names, documents, strict=True) if event == name]
+        if not named:
+            problems.append(f"no {name!r} event came (events: {', '.join(dict.fromkeys(map(str, names)))})")
+        for document in named:
+            problems.extend(check_paths(document, checks, f"event {name}"))
+    if expect.line_count is not None and kind in ("ndjson", "sse"):
+        problems.extend(f"{unit} count: {problem}" for problem in failures(expect.line_count, len(documents)))
     error = final.get("error", MISSING) if isinstance(final, dict) else MISSING
     if expect.error is not None:
         problems.extend(f"error: {problem}" for problem in failures(expect.error, error))
@@ -241,7 +286,7 @@ def evaluate(request: Request, expect: CompiledExpect, exchange: Exchange, mode:
         first = exchange.first_chunk_seconds
         streaming = None if first is None or kind != "ndjson" else exchange.seconds - first
         problems.extend(implausible_durations(final, exchange.seconds, streaming))
-    text = text_of(request.path, [d for d in documents if "error" not in d])
+    text = text_of(request.path, [d for d in documents if d.get("error") is None], kind)
     if expect.text is not None:
         problems.extend(f"text: {problem}" for problem in failures(expect.text, text))
     return Outcome(problems=problems, final=final, text=text)

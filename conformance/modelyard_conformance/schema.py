@@ -23,6 +23,8 @@ PACKAGE = "modelyard_conformance"
 CASE_ID = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*/[a-z0-9]+(-[a-z0-9]+)*")
 # Endpoints whose answer is an NDJSON stream unless the body says `"stream": false`.
 STREAMING_PATHS = ("/api/generate", "/api/chat", "/api/pull", "/api/push", "/api/create")
+# Endpoints that answer server-sent events when the body says `"stream": true` (the default is false).
+SSE_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages")
 
 
 class Strict(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, rename={"no_stream": "no-stream"}):
@@ -55,11 +57,22 @@ class Request(Strict, kw_only=True):
 
     @property
     def is_streaming(self) -> bool:
-        """Whether the endpoint streams by default (generate, chat, pull, push, create)."""
+        """Whether the endpoint can stream: Ollama's (generate, chat, pull, push, create) as NDJSON, the
+        OpenAI- and Anthropic-compatible ones as server-sent events."""
+        return self.path in STREAMING_PATHS or self.path in SSE_PATHS
+
+    @property
+    def streams_by_default(self) -> bool:
+        """Whether a body without `stream` gets a stream: Ollama's endpoints do, OpenAI's and Anthropic's do not."""
         return self.path in STREAMING_PATHS
 
+    @property
+    def is_openai(self) -> bool:
+        """A request to the OpenAI- or Anthropic-compatible API (`--api openai` runs only these)."""
+        return self.path.startswith("/v1/")
 
-ContentKind = Literal["json", "ndjson", "text", "empty"]
+
+ContentKind = Literal["json", "ndjson", "sse", "text", "empty"]
 
 
 class Expect(Strict, kw_only=True):
@@ -67,7 +80,9 @@ class Expect(Strict, kw_only=True):
 
     `body`: checks on the response object (for a stream, its final line); `chunks`: checks on every line
     of a stream before the final one; `text`: a check on the generated text (`response` or
-    `message.content`, joined over all lines); `error`: the exact `error` message, or a check on it.
+    `message.content`, joined over all lines); `error`: the exact `error` message, or a check on it;
+    `events`: for server-sent events, checks on the data of every event of a name (the `event:` line, or
+    the data's `type`), at least one of which must come.
     """
 
     status: int | list[int] | None = None  # a list: any of these
@@ -76,6 +91,7 @@ class Expect(Strict, kw_only=True):
     raw: Any = msgspec.UNSET
     body: dict[str, Any] | None = None
     chunks: dict[str, Any] | None = None
+    events: dict[str, dict[str, Any]] | None = None
     line_count: Any = msgspec.UNSET
     text: Any = msgspec.UNSET
     error: Any = msgspec.UNSET
@@ -107,6 +123,7 @@ class Expect(Strict, kw_only=True):
             raw=None if self.raw is msgspec.UNSET else parse_check(self.raw),
             body=parse_checks(self.body or {}),
             chunks=parse_checks(self.chunks or {}),
+            events={name: parse_checks(checks) for name, checks in (self.events or {}).items()},
             line_count=None if self.line_count is msgspec.UNSET else parse_check(self.line_count),
             text=None if self.text is msgspec.UNSET else parse_check(self.text),
             error=None if self.error is msgspec.UNSET else parse_check(self.error),
@@ -122,6 +139,7 @@ class CompiledExpect(msgspec.Struct, kw_only=True):
     raw: Check | None
     body: dict[str, Check]
     chunks: dict[str, Check]
+    events: dict[str, dict[str, Check]]
     line_count: Check | None
     text: Check | None
     error: Check | None
@@ -197,6 +215,11 @@ class Case(Strict, kw_only=True):
 
     def endpoints(self) -> list[tuple[str, str]]:
         return [(step.request.verb, step.request.path) for step in self.requests() if step.request]
+
+    @property
+    def is_openai(self) -> bool:
+        """Every request of the case goes to the OpenAI- or Anthropic-compatible API."""
+        return all(step.request.is_openai for step in self.requests() if step.request)
 
 
 class CaseFile(msgspec.Struct, kw_only=True):

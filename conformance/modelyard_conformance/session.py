@@ -39,6 +39,7 @@ class ConformanceState:
         self.model: str | None = config.getoption("conformance_model")
         self.capabilities = tuple(config.getoption("conformance_capabilities"))
         self.skip_extensions: bool = config.getoption("conformance_no_extensions")
+        self.api: str = config.getoption("conformance_api", "all")
         self.report_path: str | None = config.getoption("conformance_report")
         self.server_env_items: list[str] = config.getoption("conformance_server_env")
         models_dir = config.getoption("conformance_models_dir")
@@ -53,6 +54,7 @@ class ConformanceState:
             "backend": self.backend,
             "base_url": self.base_url,
             "model": self.model,
+            "api": self.api,
             "expectations": self.expectations.backend if self.expectations else None,
         }
         self._target: Target | None = None
@@ -96,6 +98,7 @@ class ConformanceState:
                         models_dir=self.models_dir,
                         extra_capabilities=self.capabilities,
                         create_from=self.create_from,
+                        api=self.api,
                     )
                 else:
                     self._target = Target.connect(
@@ -103,6 +106,7 @@ class ConformanceState:
                         self.model or "",
                         extra_capabilities=self.capabilities,
                         create_from=self.create_from,
+                        api=self.api,
                     )
             except Exception as exc:
                 self._target_error = exc
@@ -136,6 +140,8 @@ class CaseFile(pytest.File):
             raise self.CollectError(str(exc)) from exc
         items: list[pytest.Item] = []
         for case in cases:
+            if state.api == "openai" and not case.is_openai:
+                continue  # --api openai: the server serves no Ollama API
             for mode in case.modes:
                 name = case.id if mode is None else f"{case.id}[{mode}]"
                 item = CaseItem.from_parent(self, name=name, case=case, mode=mode)

@@ -108,10 +108,12 @@ class Target:
         extra_capabilities: tuple[str, ...] = (),
         process: Any = None,
         workdir: Path | None = None,
+        api: str = "all",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.backend = backend
+        self.api = api  # "openai": only the /v1 endpoints are there (the model is probed through /v1/models)
         self.process = process
         self.workdir = workdir
         self.http = httpx.Client(base_url=self.base_url, timeout=120.0)
@@ -147,6 +149,7 @@ class Target:
         models_dir: Path | None = None,
         extra_capabilities: tuple[str, ...] = (),
         create_from: Path | None = None,
+        api: str = "all",
     ) -> Target:
         """A `modelyard serve` subprocess with only `backend` loaded, on a free port; with `create_from`,
         the model under test is created in its store from that Modelfile, model folder or GGUF file."""
@@ -161,7 +164,13 @@ class Target:
             shutil.rmtree(workdir, ignore_errors=True)
             raise TargetError(f"could not start modelyard serve with backend {backend!r}: {exc}") from exc
         target = cls(
-            process.url, model, backend=backend, extra_capabilities=extra_capabilities, process=process, workdir=workdir
+            process.url,
+            model,
+            backend=backend,
+            extra_capabilities=extra_capabilities,
+            process=process,
+            workdir=workdir,
+            api=api,
         )
         if not {**os.environ, **env}.get("OLLAMA_NOPRUNE"):
             target.traits |= {"prunes-blobs"}
@@ -169,16 +178,25 @@ class Target:
 
     @classmethod
     def connect(
-        cls, base_url: str, model: str, *, extra_capabilities: tuple[str, ...] = (), create_from: Path | None = None
+        cls,
+        base_url: str,
+        model: str,
+        *,
+        extra_capabilities: tuple[str, ...] = (),
+        create_from: Path | None = None,
+        api: str = "all",
     ) -> Target:
-        return cls(base_url, model, extra_capabilities=extra_capabilities).prepare(create_from)
+        return cls(base_url, model, extra_capabilities=extra_capabilities, api=api).prepare(create_from)
 
     def prepare(self, create_from: Path | None) -> Target:
         """Create the model under test if asked, then probe the server; closed again if either fails."""
         try:
             if create_from is not None:
                 self.create_model(create_from)
-            self.probe()
+            if self.api == "openai":
+                self.probe_openai()
+            else:
+                self.probe()
         except TargetError:
             self.close()
             raise
@@ -230,12 +248,31 @@ class Target:
         if model_format:
             self.traits |= {f"format:{model_format}"}
 
+    def probe_openai(self) -> None:
+        """The model must be one of /v1/models. What it can do is not said there: it is taken to complete text
+        (`completion`), unless `--capability embedding` says it is an embedding model."""
+        try:
+            listed = self.http.get("/v1/models")
+        except httpx.HTTPError as exc:
+            raise TargetError(f"no server answers at {self.base_url}: {exc}") from exc
+        if listed.status_code != 200:
+            raise TargetError(f"GET {self.base_url}/v1/models answered {listed.status_code} {listed.text[:200]}")
+        try:
+            ids = [str(entry.get("id")) for entry in listed.json().get("data") or [] if isinstance(entry, dict)]
+        except (ValueError, AttributeError) as exc:
+            raise TargetError(f"GET /v1/models did not answer an OpenAI model list: {listed.text[:200]}") from exc
+        if self.model not in ids and self.variables["model_display"] not in ids:  # `name` listed as `name:latest`
+            raise TargetError(f"the server at {self.base_url} has no model {self.model!r} in /v1/models: {ids}")
+        if "embedding" not in self.extra_capabilities:
+            self.model_capabilities = frozenset({"completion"})
+
     def server_log(self) -> str:
         return self.process.log() if self.process is not None else ""
 
     def describe(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
+            "api": self.api,
             "backend": self.backend,
             "base_url": self.base_url,
             "model": self.model,

@@ -13,13 +13,15 @@ import os
 import struct
 import subprocess
 import zipfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import ollama
 import openai
 import pytest
+from langchain_ollama import OllamaEmbeddings
+from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from support.models import SMOLLM2, cache_root
 
 from modelyard.store.bundled import all_minilm_zip
@@ -236,16 +238,40 @@ def test_openai_chat_on_an_embedding_model_is_400(sdk):
         sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
 
 
-def test_langchain_ollama_embeddings(embed_server):
-    from langchain_ollama import OllamaEmbeddings
+def close_clients(embedder: OllamaEmbeddings) -> None:
+    """OllamaEmbeddings keeps its httpx clients open otherwise (a ResourceWarning, an error here)."""
+    embedder._client._client.close()
+    asyncio.run(embedder._async_client._client.aclose())
 
+
+def test_langchain_ollama_embeddings(embed_server):
     embedder = OllamaEmbeddings(model=MODEL, base_url=embed_server.url)
     try:
         documents = embedder.embed_documents(SENTENCES[:3])
         query = embedder.embed_query(SENTENCES[0])
     finally:
-        embedder._client._client.close()  # its httpx clients stay open otherwise
-        asyncio.run(embedder._async_client._client.aclose())
+        close_clients(embedder)
     assert [len(vector) for vector in documents] == [384, 384, 384]
     assert cosine(query, documents[0]) > 0.99999
     assert cosine(query, documents[1]) < 0.9
+
+
+class TestLangChainStandardEmbeddings(EmbeddingsIntegrationTests):
+    """LangChain's standard integration tests for embeddings (langchain-tests) through langchain-ollama's
+    OllamaEmbeddings against the server: embed_query, embed_documents and their async forms."""
+
+    @property
+    def embeddings_class(self) -> type[OllamaEmbeddings]:
+        return OllamaEmbeddings
+
+    @property
+    def embedding_model_params(self) -> dict[str, str]:
+        return {"model": MODEL}
+
+    @pytest.fixture
+    async def model(self, embed_server: ServerProcess) -> AsyncIterator[OllamaEmbeddings]:
+        embedder = self.embeddings_class(**self.embedding_model_params, base_url=embed_server.url)
+        yield embedder
+        # Closed in the loop the async tests used: the async client's connections belong to it.
+        embedder._client._client.close()
+        await embedder._async_client._client.aclose()

@@ -30,7 +30,7 @@ def named_events(response: httpx.Response) -> list[tuple[str, dict]]:
 
 
 def test_message_with_system_and_max_tokens(anthropic):
-    body = {"model": MODEL, "max_tokens": 6, "system": "You answer briefly.", "messages": QUESTION}
+    body = {"model": MODEL, "max_tokens": 3, "system": "You answer briefly.", "messages": QUESTION}
     response = anthropic.post("/v1/messages", json=body)
     assert response.status_code == 200
     message = response.json()
@@ -39,7 +39,7 @@ def test_message_with_system_and_max_tokens(anthropic):
     [block] = message["content"]
     assert block["type"] == "text" and block["text"]
     assert message["stop_reason"] == "max_tokens"
-    assert message["usage"]["output_tokens"] == 6 and message["usage"]["input_tokens"] > 0
+    assert message["usage"]["output_tokens"] == 3 and message["usage"]["input_tokens"] > 0
 
 
 def test_streaming_events_in_order(anthropic):
@@ -59,14 +59,20 @@ def test_streaming_events_in_order(anthropic):
 
 def test_stop_sequences_cut_the_answer(anthropic):
     def ask(**extra) -> dict:
-        body = {"model": MODEL, "max_tokens": 14, "messages": QUESTION, "temperature": 0, **extra}
+        body = {"model": MODEL, "max_tokens": 10, "messages": QUESTION, "temperature": 0, **extra}
         return anthropic.post("/v1/messages", json=body).json()
 
-    full = ask()["content"][0]["text"]
+    uncut = ask()
+    full = uncut["content"][0]["text"]
+    assert (uncut["stop_reason"], uncut["stop_sequence"]) == ("max_tokens", None)
     word = full.split()[3]
-    cut = ask(stop_sequences=[word])
+    cut = ask(stop_sequences=["never-emitted-123", word])
     assert cut["content"][0]["text"] == full[: full.index(word)]
-    assert cut["stop_reason"] == "end_turn"
+    assert cut["stop_reason"] == "stop_sequence" and cut["stop_sequence"] == word
+    body = {"model": MODEL, "max_tokens": 10, "messages": QUESTION, "temperature": 0, "stream": True}
+    with anthropic.stream("POST", "/v1/messages", json={**body, "stop_sequences": [word]}) as response:
+        ending = named_events(response)[-2][1]
+    assert ending["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": word}
 
 
 def test_content_blocks_are_read(anthropic):

@@ -250,3 +250,18 @@ def test_it_runs_in_an_async_generator():
     assert events[:2] == [TextDelta("x"), TextDelta("y")]
     done = events[-1]
     assert isinstance(done, Done) and (done.reason, done.eval_count) == ("length", 2)
+
+
+def test_done_names_the_stop_string_that_ended_the_answer_and_none_otherwise():
+    loop = TokenLoop(completion(stop=["never", "an", "a"]), context_length=100)
+    loop.fit([1, 2])
+    for token, piece in enumerate([b"It", b" is", b" an", b" owl"], start=10):
+        loop.push(token, piece)
+        if loop.finished:
+            break
+    # "a" and "an" both start at the same place: the first listed that matched there is named.
+    assert done_of(loop.finish()).stop_sequence == "an"
+    unstopped = TokenLoop(completion(stop=["zzz"], num_predict=1), context_length=100)
+    unstopped.fit([1, 2])
+    unstopped.push(10, b"It")
+    assert done_of(unstopped.finish()).stop_sequence is None

@@ -196,6 +196,7 @@ class Done(msgspec.Struct, frozen=True, kw_only=True):
     eval_count: int
     eval_duration: int  # ns
     context: list[int] | None = None  # prompt + output token ids, when the completion asked for them
+    stop_sequence: str | None = None  # the stop string that ended the answer (reason "stop"), if one did
     # Set by the core, not the backend:
     load_duration: int = 0  # ns spent loading the model for this request
     queue_duration: int = 0  # ns spent waiting for a free slot
@@ -210,6 +211,7 @@ class Done(msgspec.Struct, frozen=True, kw_only=True):
         started: int,
         first_token_at: int | None,
         want_context: bool,
+        stop_sequence: str | None = None,
     ) -> Done:
         """The Done of a token loop: prompt time until the first token, eval time after it (perf_counter_ns)."""
         finished = time.perf_counter_ns()
@@ -221,6 +223,7 @@ class Done(msgspec.Struct, frozen=True, kw_only=True):
             eval_count=len(output),
             eval_duration=finished - first_token_at,
             context=prompt + output if want_context else None,
+            stop_sequence=stop_sequence,
         )
 
 

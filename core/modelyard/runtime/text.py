@@ -12,16 +12,18 @@ class StopSequences:
     def __init__(self, stops: list[str]) -> None:
         self.stops = [stop for stop in stops if stop]
         self.pending = ""
+        self.matched: str | None = None  # the stop string that was reached (Anthropic's stop_sequence)
 
     def push(self, text: str) -> tuple[str, bool]:
         """The text that is safe to emit now, and whether a stop string was reached."""
         if not self.stops:
             return text, False
         pending = self.pending + text
-        found = [index for stop in self.stops if (index := pending.find(stop)) >= 0]
+        found = [(index, stop) for stop in self.stops if (index := pending.find(stop)) >= 0]
         if found:
             self.pending = ""
-            return pending[: min(found)], True
+            index, self.matched = min(found, key=lambda position: position[0])  # the earliest; ties: listed first
+            return pending[:index], True
         held = 0
         for stop in self.stops:
             for length in range(min(len(stop) - 1, len(pending)), held, -1):

@@ -3,8 +3,9 @@
 A backend's loop only drives its engine; `TokenLoop` does the rest: it caps the prompt to the context,
 works out how many tokens may follow (num_predict and the room left), decodes token bytes as UTF-8
 across token boundaries, holds back and cuts stop strings, counts tokens, times the first one, and
-makes the final `Done`. It is plain synchronous code, so the same object serves a loop in a worker
-thread (`iterate_in_thread`), in an engine process, or in an async generator:
+makes the final `Done` (which names the stop string that ended the answer, if one did). It is plain
+synchronous code, so the same object serves a loop in a worker thread (`iterate_in_thread`), in an
+engine process, or in an async generator:
 
     loop = TokenLoop(completion, context_length)
     prompt = loop.fit(tokenize(completion))          # BadRequest when it cannot fit
@@ -96,7 +97,13 @@ class TokenLoop:
         completion = self.completion
         events.append(
             Done.measured(
-                self.reason, self.prompt, self.output, self.started, self.first_token_at, completion.want_context
+                self.reason,
+                self.prompt,
+                self.output,
+                self.started,
+                self.first_token_at,
+                completion.want_context,
+                stop_sequence=self._stops.matched,
             )
         )
         return events

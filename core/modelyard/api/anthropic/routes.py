@@ -36,6 +36,8 @@ ENCODER = msgspec.json.Encoder()
 def stop_reason(done: Done, tool_use: bool) -> str:
     if tool_use and done.reason == "stop":
         return "tool_use"
+    if done.reason == "stop" and done.stop_sequence is not None:
+        return "stop_sequence"
     return "max_tokens" if done.reason == "length" else "end_turn"
 
 
@@ -195,7 +197,7 @@ class MessageEncoder:
         if isinstance(item, Done):
             ending: dict[str, Any] = {
                 "type": "message_delta",
-                "delta": {"stop_reason": stop_reason(item, self.tool_use), "stop_sequence": None},
+                "delta": {"stop_reason": stop_reason(item, self.tool_use), "stop_sequence": item.stop_sequence},
                 "usage": {"input_tokens": item.prompt_eval_count, "output_tokens": item.eval_count},
             }
             return [*self._close(), event("message_delta", ending), event("message_stop", {"type": "message_stop"})]
@@ -222,6 +224,7 @@ class MessageEncoder:
             model=self.model,
             content=content,
             stop_reason=stop_reason(aggregate.done, bool(aggregate.tool_calls)),
+            stop_sequence=aggregate.done.stop_sequence,
             usage=Usage(input_tokens=aggregate.done.prompt_eval_count, output_tokens=aggregate.done.eval_count),
         )
 
