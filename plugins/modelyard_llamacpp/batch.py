@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 _END = object()
 
 # Prompt tokens a copy of another sequence's cells must save. The copy moves a whole cache stream (num_ctx
-# cells); measured on SmolLM2 135M, 2048 cells, 2 cores: about as long as evaluating TODO tokens.
-COPY_THRESHOLD = 32
+# cells); measured on SmolLM2 135M, 2048 cells, 2 cores: about as long as evaluating 1 to 2 prompt tokens
+# (tests/benchmarks/concurrent_streams.py --copy-cost). The margin covers larger contexts.
+COPY_THRESHOLD = 16
 
 
 class MemoryApi:

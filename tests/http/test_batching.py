@@ -214,7 +214,11 @@ def test_a_system_prompt_another_stream_is_using_is_copied_not_evaluated(batchin
         assert json.loads(next(lines))["done"] is False  # its prompt is in the cache: it generates
         queried, hits = prefix_cache(url)
         other = [{"role": "system", "content": system}, {"role": "user", "content": "Can I print here?"}]
-        answer = ollama.Client(host=url).chat(model=MODEL, messages=other, options={"num_predict": 4})
+        other_client = ollama.Client(host=url)
+        try:
+            answer = other_client.chat(model=MODEL, messages=other, options={"num_predict": 4})
+        finally:
+            other_client.close()
         queried_after, hits_after = prefix_cache(url)
     system_tokens = len(system.split())  # fewer than its tokens: each word is one token or more
     assert queried_after - queried == answer.prompt_eval_count
