@@ -63,9 +63,7 @@ def engine_model() -> Iterator[tuple[Any, GraphCounter, list[tuple[int, int]]]]:
         steps.append((batch.n_tokens, counter.graphs - before))
         return int(result)
 
-    llm = llama_cpp.Llama(
-        str(path), n_ctx=BATCHED_PLACEHOLDER_CONTEXT, n_threads=1, n_threads_batch=1, verbose=False
-    )
+    llm = llama_cpp.Llama(str(path), n_ctx=BATCHED_PLACEHOLDER_CONTEXT, n_threads=1, n_threads_batch=1, verbose=False)
     llm.context_params.cb_eval = counter.callback  # the batched context copies these parameters
     view = ModelView(name="smollm2:135m", format="gguf", files={"model": path}, metadata=read_header(path).metadata)
     model = LlamaCppModel(llm, view, 512, 0)
