@@ -64,6 +64,7 @@ def prompts(count: int) -> list[str]:
 class Stream:
     started: float
     stamps: list[float] = field(default_factory=list)  # one per token received
+    error: str = ""  # why the stream broke off (llama-cpp-python's server drops concurrent streams)
 
     @property
     def first_token(self) -> float:
@@ -89,6 +90,7 @@ class Result:
     itl_p95: float
     fairness: float  # slowest stream's tokens/s over the fastest's
     tokens: int
+    lost: int = 0  # streams that broke off before their last token
     load: float = 0.0  # the machine's 1-minute load average at the end of the measurement
 
 
@@ -97,15 +99,18 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))] if ordered else 0.0
 
 
-def summarise(engine: str, streams: list[Stream]) -> Result:
-    start = min(s.started for s in streams)
+def summarise(engine: str, every: list[Stream]) -> Result:
+    streams = [s for s in every if s.stamps]
+    if not streams:
+        raise RuntimeError(f"no stream got a token: {every[0].error}")
+    start = min(s.started for s in every)
     end = max(s.stamps[-1] for s in streams if s.stamps)
     tokens = sum(len(s.stamps) for s in streams)
     gaps = [gap for s in streams for gap in s.gaps]
     rates = [s.rate for s in streams]
     return Result(
         engine=engine,
-        streams=len(streams),
+        streams=len(every),
         aggregate=tokens / (end - start),
         ttft_p50=statistics.median(s.first_token for s in streams),
         ttft_p95=percentile([s.first_token for s in streams], 0.95),
@@ -113,6 +118,7 @@ def summarise(engine: str, streams: list[Stream]) -> Result:
         itl_p95=percentile(gaps, 0.95),
         fairness=min(rates) / max(rates) if max(rates) else 0.0,
         tokens=tokens,
+        lost=sum(1 for s in every if s.error),
         load=os.getloadavg()[0],
     )
 
@@ -125,7 +131,10 @@ def run_concurrently(request: Callable[[str, Stream], None], texts: list[str]) -
     def one(index: int) -> None:
         barrier.wait()
         streams[index].started = time.perf_counter()
-        request(texts[index], streams[index])
+        try:
+            request(texts[index], streams[index])
+        except httpx.HTTPError as exc:  # counted as lost, the others still measured
+            streams[index].error = repr(exc)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(texts))]
     for thread in threads:
@@ -289,13 +298,13 @@ def measure(engines: list[str], counts: list[int], tokens: int, threads: int, *,
 def table(results: list[Result]) -> str:
     lines = [
         "| engine | streams | tokens/s (all) | TTFT p50 / p95 (ms) | inter-token p50 / p95 (ms) | slowest/fastest "
-        "| load |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| lost | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.engine} | {r.streams} | {r.aggregate:.1f} | {r.ttft_p50 * 1e3:.0f} / {r.ttft_p95 * 1e3:.0f} "
-            f"| {r.itl_p50 * 1e3:.1f} / {r.itl_p95 * 1e3:.1f} | {r.fairness:.2f} | {r.load:.1f} |"
+            f"| {r.itl_p50 * 1e3:.1f} / {r.itl_p95 * 1e3:.1f} | {r.fairness:.2f} | {r.lost} | {r.load:.1f} |"
         )
     return "\n".join(lines)
 
