@@ -201,6 +201,23 @@ def test_a_conversations_next_turn_reuses_the_cached_prefix(batching_server):
     assert hits_after - hits < again.prompt_eval_count  # the new question was evaluated
 
 
+def test_one_request_at_a_time_counts_the_prefix_it_reuses_too(llama_server):
+    """With OLLAMA_NUM_PARALLEL=1 llama-cpp-python's own prompt cache serves the next turn: counted alike."""
+    client = ollama.Client(host=llama_server.url)
+    options = {"temperature": 0, "num_predict": 8}
+    try:
+        first = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Is there a reading group?"}]
+        answer = client.chat(model=MODEL, messages=first, options=options)
+        queried, hits = prefix_cache(llama_server.url)
+        second = [*first, answer.message, {"role": "user", "content": "When does it meet?"}]
+        again = client.chat(model=MODEL, messages=second, options=options)
+        queried_after, hits_after = prefix_cache(llama_server.url)
+    finally:
+        client.close()
+    assert queried_after - queried == again.prompt_eval_count
+    assert again.prompt_eval_count > hits_after - hits >= answer.prompt_eval_count
+
+
 def test_a_system_prompt_another_stream_is_using_is_copied_not_evaluated(batching_server):
     """A stream holds the system prompt in its sequence's cells; a request with the same system prompt
     arriving meanwhile takes another sequence and has the prompt copied into it. (No other sequence has
