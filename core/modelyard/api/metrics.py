@@ -20,7 +20,7 @@ from typing import Any
 
 from litestar import Request, Response, get
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
@@ -176,10 +176,19 @@ class SchedulerCollector(Collector):
         vram = GaugeMetricFamily(
             "modelyard:model_vram_bytes", "Accelerator memory a loaded model takes.", labels=MODEL_LABELS
         )
+        # vLLM's prefix cache counters, in tokens, per loaded model (a reload starts them again).
+        queries = CounterMetricFamily(
+            "modelyard:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", labels=MODEL_LABELS
+        )
+        hits = CounterMetricFamily(
+            "modelyard:prefix_cache_hits", "Prompt tokens the prefix cache held (not evaluated).", labels=MODEL_LABELS
+        )
         per_backend: Tally[str] = Tally()
         for runner in self.scheduler.loaded():
             labels = [runner.model.name, runner.backend.name]
             running.add_metric(labels, runner.leases)
+            queries.add_metric(labels, runner.loaded.prefix_cache_queries)
+            hits.add_metric(labels, runner.loaded.prefix_cache_hits)
             memory.add_metric(labels, runner.loaded.size)
             vram.add_metric(labels, runner.loaded.size_vram)
             per_backend[runner.backend.name] += 1
@@ -187,7 +196,7 @@ class SchedulerCollector(Collector):
             waiting.add_metric([model, backend], count)
         for backend, count in per_backend.items():
             loaded.add_metric([backend], count)
-        yield from (running, waiting, loaded, memory, vram)
+        yield from (running, waiting, loaded, memory, vram, queries, hits)
 
 
 class MeteredScheduler(Scheduler):

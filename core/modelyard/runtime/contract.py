@@ -251,6 +251,9 @@ class LoadedModel:
     size_vram: int = 0  # bytes of that in accelerator memory
     context_length: int = 0  # tokens of context per request
     parallel: int = 1  # requests it serves at once: the scheduler leases it that many times
+    # Its prompt cache, counted in tokens (/metrics: modelyard:prefix_cache_queries/hits, vLLM's meanings).
+    prefix_cache_queries: int = 0  # prompt tokens of the requests it served
+    prefix_cache_hits: int = 0  # of those, tokens its cache already held (not evaluated again)
 
     def generate(self, completion: Completion) -> AsyncGenerator[Event]:
         """Events of one generation, ending with one Done. The core closes the generator when the client
