@@ -36,7 +36,6 @@ from modelyard.plugin import (
     LoadSpec,
     ModelView,
     Options,
-    TextDelta,
     TokenLoop,
     hookimpl,
     iterate_in_thread,
@@ -46,6 +45,7 @@ from modelyard_llamacpp.embed import LlamaCppEmbeddingModel, is_embedding_model
 if TYPE_CHECKING:
     from modelyard.plugin import ChatTemplate
     from modelyard_llamacpp.batch import BatchEngine
+    from modelyard_llamacpp.logprobs import LogprobReader
     from modelyard_llamacpp.sampling import SamplerChain
 
 INSTALL_HINT = (
@@ -320,8 +320,17 @@ class LlamaCppModel(LoadedModel):
         prompt = loop.fit(self._prompt_tokens(completion))
         seed = options.seed if options.seed >= 0 else random.getrandbits(32)
         sampler = SamplerChain.build(self._lib, self.llm._model, options, seed=seed, grammar=grammar, n_ctx=self.n_ctx)
+        sampler.logprobs = self._logprob_reader(completion)
         # A seeded request must repeat: it evaluates its whole prompt, as `_generate` does (llm.reset()).
         return prompt, loop, sampler, options.seed < 0
+
+    def _logprob_reader(self, completion: Completion) -> LogprobReader | None:
+        """Only a request that asks for logprobs reads the logits."""
+        if not completion.logprobs:
+            return None
+        from modelyard_llamacpp.logprobs import LogprobReader
+
+        return LogprobReader(self.llm.n_vocab(), self._piece, completion.top_logprobs)
 
     def _grammar(self, format_: Any) -> Any:
         if format_ is None:
@@ -372,15 +381,19 @@ class LlamaCppModel(LoadedModel):
                 presence_penalty=options.presence_penalty,
                 grammar=grammar,
             )
+            reader = self._logprob_reader(completion)
+            ctx = llm._ctx.ctx
             for token in tokens:
                 if stop.is_set():
                     break
                 if is_eog(vocab, token):
                     loop.end()
                     break
-                text = loop.push(token, to_piece(token))
+                # generate() yields before its next decode: the context still holds this step's logits
+                logprob = reader.read(self._lib.llama_get_logits_ith(ctx, -1), token) if reader else None
+                text = loop.push(token, to_piece(token), logprob)
                 if text:
-                    yield TextDelta(text)
+                    yield from loop.deltas(text)
                 if loop.finished:
                     break
             tokens.close()
