@@ -25,6 +25,7 @@ from modelyard.plugin import (
     EMBEDDING,
     FILE_TYPES,
     MIN_CONTEXT,
+    THINKING,
     TOOLS,
     Backend,
     BackendUnavailable,
@@ -131,6 +132,8 @@ class LlamaCppBackend(Backend):
         template = str(model.metadata.get("tokenizer.chat_template", ""))
         if "tools" in template:
             found.add(TOOLS)
+        if "enable_thinking" in template or "<think>" in template:
+            found.add(THINKING)
         return frozenset(found)
 
     def load_spec(self, model: ModelView, options: Options) -> LoadSpec:
@@ -283,7 +286,7 @@ class LlamaCppModel(LoadedModel):
 
     def _prompt_tokens(self, completion: Completion) -> list[int]:
         if completion.messages is not None:
-            text = self.template.render(completion.messages, completion.tools)
+            text = self.template.render(completion.messages, completion.tools, completion.think)
         else:
             text = completion.prompt or ""
         add_bos = self.llm._model.add_bos_token() and not (
