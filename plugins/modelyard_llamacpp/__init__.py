@@ -132,8 +132,8 @@ class LlamaCppBackend(Backend):
         template = str(model.metadata.get("tokenizer.chat_template", ""))
         if "tools" in template:
             found.add(TOOLS)
-        if "enable_thinking" in template or "<think>" in template:
-            found.add(THINKING)
+        if model.template is None and ("enable_thinking" in template or "<think>" in template):
+            found.add(THINKING)  # the Jinja template renders the prompt only where no Go template does
         return frozenset(found)
 
     def load_spec(self, model: ModelView, options: Options) -> LoadSpec:

@@ -44,11 +44,12 @@ def template_capabilities(source: str) -> set[str]:
 
 
 def model_capabilities(model: ModelView, backend: Backend) -> frozenset[str]:
-    """The backend's capabilities for the model, with tools, insert and thinking decided by the model's Go
-    template when it has one: that template builds the prompt, so it decides what the prompt can carry."""
+    """The backend's capabilities for the model, with tools and insert decided by the model's Go template when
+    it has one: that template builds the prompt, so it decides what the prompt can carry. Thinking comes from
+    the template too, or from a backend whose engine separates thinking itself."""
     found = set(backend.capabilities(model))
     if model.template is not None:
-        found = (found - {TOOLS, INSERT, THINKING}) | template_capabilities(model.template)
+        found = (found - {TOOLS, INSERT}) | template_capabilities(model.template)
     return frozenset(found)
 
 
