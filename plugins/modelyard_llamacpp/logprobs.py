@@ -25,14 +25,16 @@ class LogprobReader:
         self._n_vocab = n_vocab
         self._piece = piece
         self._top = top
+        self._scratch = numpy.empty(n_vocab, dtype=numpy.float32)  # reused every step: no allocation per token
 
     def read(self, logits: Any, token: int) -> TokenLogprob:
         """`logits`: a pointer to the step's n_vocab floats (llama_get_logits_ith); `token`: the one sampled."""
         np = self._numpy
         values = np.ctypeslib.as_array(ctypes.cast(logits, ctypes.POINTER(ctypes.c_float)), shape=(self._n_vocab,))
         highest = float(values.max())
-        # log softmax in float64: log(sum(exp(x - max))) is exact enough over 150k entries
-        normalizer = highest + float(np.log(np.exp(values.astype(np.float64) - highest).sum()))
+        # log(sum(exp(x - max))): the exponents are <= 0, so float32 cannot overflow; the sum runs in float64.
+        shifted = np.subtract(values, highest, out=self._scratch)
+        normalizer = highest + float(np.log(np.exp(shifted, out=shifted).sum(dtype=np.float64)))
         alternatives: list[TokenLogprob] = []
         if self._top > 0:
             top = min(self._top, self._n_vocab)

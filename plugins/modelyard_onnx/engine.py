@@ -309,16 +309,17 @@ class LogprobReader:
 
     def read(self, logits: Any, token: int) -> TokenLogprob:
         np = self._numpy
-        values = np.asarray(logits, dtype=np.float64).reshape(-1)
-        highest = values.max()
-        normalized = values - (highest + np.log(np.exp(values - highest).sum()))
+        values = np.asarray(logits, dtype=np.float32).reshape(-1)
+        highest = float(values.max())
+        # The exponents are <= 0, so float32 cannot overflow; the sum runs in float64.
+        normalizer = highest + float(np.log(np.exp(values - highest).sum(dtype=np.float64)))
         alternatives = []
         if self._top > 0:
             top = min(self._top, values.size)
             candidates = np.argpartition(values, -top)[-top:].tolist()
-            ordered = sorted(candidates, key=lambda index: (-values[index], index))
-            alternatives = [self._entry(index, float(normalized[index])) for index in ordered]
-        return self._entry(token, float(normalized[token]), alternatives)
+            ordered = sorted(candidates, key=lambda index: (-float(values[index]), index))
+            alternatives = [self._entry(index, float(values[index]) - normalizer) for index in ordered]
+        return self._entry(token, float(values[token]) - normalizer, alternatives)
 
     def _entry(self, token: int, logprob: float, top: list[TokenLogprob] | None = None) -> TokenLogprob:
         # The tokenizer decodes whole tokens only: a token that is part of a character shows U+FFFD.

@@ -119,9 +119,12 @@ def resolve_think(think: bool | str | None, capabilities: frozenset[str]) -> boo
     return think
 
 
-def thinking_parser(model: ModelView, completion: Completion, template: str | None = None) -> ThinkingParser | None:
-    """The parser that separates thinking from the answer, when thinking is on and the template names tags."""
-    if completion.think in (None, False):
+def thinking_parser(
+    model: ModelView, completion: Completion, think: bool | str | None, template: str | None = None
+) -> ThinkingParser | None:
+    """The parser that separates thinking from the answer, when thinking is on (`think`, the model's default
+    applied) and the template names tags."""
+    if think in (None, False):
         return None
     go_template = template or model.template
     if go_template:
@@ -196,14 +199,12 @@ class Inference:
         options = merge_options({"num_ctx": self.context_length}, parse_options(model_options), request_options)
         return await self.scheduler.acquire(model, backend, options, request.keep_alive), options, format_
 
-    def _completion(
-        self, request: GenerationRequest, options: Options, format_: Format, capabilities: frozenset[str]
-    ) -> Completion:
+    def _completion(self, request: GenerationRequest, options: Options, format_: Format) -> Completion:
         return Completion(
             options=options,
             format=format_,
             truncate=request.truncate,
-            think=resolve_think(request.think, capabilities),
+            think=request.think,  # None stays the model's default: a backend (or another server) applies it
             tools=request.tools or None,
             tool_choice=request.tool_choice,
             logprobs=request.logprobs,
@@ -222,6 +223,7 @@ class Inference:
         if request.raw and (request.template or request.system or request.context):
             raise BadRequest("raw mode does not support template, system, or context")
         backend, capabilities = self._backend(model, requested, "generate", request.think)
+        think = resolve_think(request.think, capabilities)
         images = _decode_images(request.images, requested, capabilities)
         if request.suffix and INSERT not in capabilities:
             raise BadRequest(f"{full_name(model)} does not support insert")
@@ -230,7 +232,7 @@ class Inference:
             if not request.prompt:
                 yield _without_work("load", request.started, lease)
                 return
-            completion = self._completion(request, options, format_, capabilities)
+            completion = self._completion(request, options, format_)
             completion.images = images
             if request.raw:
                 completion.prompt = request.prompt
@@ -247,10 +249,10 @@ class Inference:
                 template = request.template or model.template
                 if template:
                     completion.prompt = render_go_template(
-                        template, messages, suffix=request.suffix, think=completion.think, think_set=request.think
+                        template, messages, suffix=request.suffix, think=think, think_set=request.think
                     )
                     completion.messages, completion.conversation = None, messages
-            parser = thinking_parser(model, completion, request.template)
+            parser = thinking_parser(model, completion, think, request.template)
             async for event in self._run(lease, completion, request.started, parser):
                 yield event
         finally:
@@ -269,6 +271,7 @@ class Inference:
         if request.think_optional and THINKING not in model_capabilities(model, self.backends.for_model(model)):
             request.think = None
         backend, capabilities = self._backend(model, requested, "chat", request.think)
+        think = resolve_think(request.think, capabilities)
         images = [image for message in messages for image in (message.images or [])]
         decoded = _decode_images(images, requested, capabilities)
         if request.tools and TOOLS not in capabilities:
@@ -281,15 +284,15 @@ class Inference:
             prompt_messages = list(model.messages) + messages
             if model.system and prompt_messages[0].role != "system":
                 prompt_messages.insert(0, Message(role="system", content=model.system))
-            completion = self._completion(request, options, format_, capabilities)
+            completion = self._completion(request, options, format_)
             completion.images = decoded
             completion.messages = prompt_messages
             if model.template:
                 completion.prompt = render_go_template(
-                    model.template, prompt_messages, request.tools, think=completion.think, think_set=request.think
+                    model.template, prompt_messages, request.tools, think=think, think_set=request.think
                 )
                 completion.messages, completion.conversation = None, prompt_messages
-            parser = thinking_parser(model, completion)
+            parser = thinking_parser(model, completion, think)
             async for event in self._run(lease, completion, request.started, parser):
                 yield event
         finally:
