@@ -18,7 +18,8 @@ from support.models import SMOLLM2
 
 from modelyard_conformance.launcher import ServerProcess
 
-GREEDY = {"temperature": 0, "num_predict": 12}
+# Seeded: every request evaluates its whole prompt (no cache reuse), so equal requests give equal logprobs.
+GREEDY = {"temperature": 0, "num_predict": 12, "seed": 3}
 # Raw text that SmolLM2 continues with more party emoji: each is three tokens (byte fallback), so a
 # character spans token boundaries.
 EMOJI_PROMPT = "Party time 🎉🎉🎉🎉"
@@ -142,10 +143,17 @@ def test_openai_chat_completions_in_openais_shape(server: ServerProcess) -> None
     with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0) as client:
         messages = [{"role": "user", "content": "Say hello in French."}]
         completion = client.chat.completions.create(
-            model=SMOLLM2, messages=messages, logprobs=True, top_logprobs=3, temperature=0, max_tokens=12
+            model=SMOLLM2, messages=messages, logprobs=True, top_logprobs=3, temperature=0, max_tokens=12, seed=3
         )
         stream = client.chat.completions.create(
-            model=SMOLLM2, messages=messages, logprobs=True, top_logprobs=3, temperature=0, max_tokens=12, stream=True
+            model=SMOLLM2,
+            messages=messages,
+            logprobs=True,
+            top_logprobs=3,
+            temperature=0,
+            max_tokens=12,
+            seed=3,
+            stream=True,
         )
         streamed = [
             entry.model_dump()
@@ -164,7 +172,7 @@ def test_openai_chat_completions_in_openais_shape(server: ServerProcess) -> None
 def test_openai_legacy_completions(llama_server: ServerProcess) -> None:
     with openai.OpenAI(base_url=llama_server.url + "/v1", api_key="unused", max_retries=0) as client:
         completion = client.completions.create(
-            model=SMOLLM2, prompt="The capital of France is", logprobs=2, temperature=0, max_tokens=6
+            model=SMOLLM2, prompt="The capital of France is", logprobs=2, temperature=0, max_tokens=6, seed=3
         )
     logprobs = completion.choices[0].logprobs
     assert "".join(logprobs.tokens) == completion.choices[0].text
