@@ -74,9 +74,9 @@ def test_generate_with_the_official_client(client: ollama.Client) -> None:
     assert "".join(entry["token"] for entry in entries) == answer.response  # the client keeps no `bytes`
 
 
-def test_chat_stream_puts_each_tokens_logprobs_on_its_chunk(client: ollama.Client) -> None:
+def test_chat_stream_puts_each_tokens_logprobs_on_its_chunk(ollama_client: ollama.Client) -> None:
     chunks = list(
-        client.chat(
+        ollama_client.chat(
             model=SMOLLM2,
             messages=[{"role": "user", "content": "Name three colors."}],
             logprobs=True,
@@ -139,8 +139,8 @@ def test_top_logprobs_out_of_range_is_ollamas_400(llama_server: ServerProcess) -
     assert response.json() == {"error": "top_logprobs must be between 0 and 20"}
 
 
-def test_openai_chat_completions_in_openais_shape(server: ServerProcess) -> None:
-    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0) as client:
+def test_openai_chat_completions_in_openais_shape(llama_server: ServerProcess) -> None:
+    with openai.OpenAI(base_url=llama_server.url + "/v1", api_key="unused", max_retries=0) as client:
         messages = [{"role": "user", "content": "Say hello in French."}]
         completion = client.chat.completions.create(
             model=SMOLLM2, messages=messages, logprobs=True, top_logprobs=3, temperature=0, max_tokens=12, seed=3
