@@ -26,6 +26,7 @@ from modelyard.plugin import (
     EMBEDDING,
     FILE_TYPES,
     MIN_CONTEXT,
+    THINKING,
     TOOLS,
     Backend,
     BackendUnavailable,
@@ -37,7 +38,6 @@ from modelyard.plugin import (
     LoadSpec,
     ModelView,
     Options,
-    TextDelta,
     TokenLoop,
     hookimpl,
     iterate_in_thread,
@@ -47,6 +47,7 @@ from modelyard_llamacpp.embed import LlamaCppEmbeddingModel, is_embedding_model
 if TYPE_CHECKING:
     from modelyard.plugin import ChatTemplate
     from modelyard_llamacpp.batch import BatchEngine
+    from modelyard_llamacpp.logprobs import LogprobReader
     from modelyard_llamacpp.sampling import SamplerChain
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,8 @@ class LlamaCppBackend(Backend):
         template = str(model.metadata.get("tokenizer.chat_template", ""))
         if "tools" in template:
             found.add(TOOLS)
+        if model.template is None and ("enable_thinking" in template or "<think>" in template):
+            found.add(THINKING)  # the Jinja template renders the prompt only where no Go template does
         return frozenset(found)
 
     def load_spec(self, model: ModelView, options: Options) -> LoadSpec:
@@ -301,7 +304,7 @@ class LlamaCppModel(LoadedModel):
 
     def _prompt_tokens(self, completion: Completion) -> list[int]:
         if completion.messages is not None:
-            text = self.template.render(completion.messages, completion.tools)
+            text = self.template.render(completion.messages, completion.tools, completion.think)
         else:
             text = completion.prompt or ""
         add_bos = self.llm._model.add_bos_token() and not (
@@ -338,8 +341,17 @@ class LlamaCppModel(LoadedModel):
         prompt = loop.fit(self._prompt_tokens(completion))
         seed = options.seed if options.seed >= 0 else random.getrandbits(32)
         sampler = SamplerChain.build(self._lib, self.llm._model, options, seed=seed, grammar=grammar, n_ctx=self.n_ctx)
+        sampler.logprobs = self._logprob_reader(completion)
         # A seeded request must repeat: it evaluates its whole prompt, as `_generate` does (llm.reset()).
         return prompt, loop, sampler, options.seed < 0
+
+    def _logprob_reader(self, completion: Completion) -> LogprobReader | None:
+        """Only a request that asks for logprobs reads the logits."""
+        if not completion.logprobs:
+            return None
+        from modelyard_llamacpp.logprobs import LogprobReader
+
+        return LogprobReader(self.llm.n_vocab(), self._piece, completion.top_logprobs)
 
     def _grammar(self, format_: Any) -> Any:
         if format_ is None:
@@ -395,15 +407,19 @@ class LlamaCppModel(LoadedModel):
                 presence_penalty=options.presence_penalty,
                 grammar=grammar,
             )
+            reader = self._logprob_reader(completion)
+            ctx = llm._ctx.ctx
             for token in tokens:
                 if stop.is_set():
                     break
                 if is_eog(vocab, token):
                     loop.end()
                     break
-                text = loop.push(token, to_piece(token))
+                # generate() yields before its next decode: the context still holds this step's logits
+                logprob = reader.read(self._lib.llama_get_logits_ith(ctx, -1), token) if reader else None
+                text = loop.push(token, to_piece(token), logprob)
                 if text:
-                    yield TextDelta(text)
+                    yield from loop.deltas(text)
                 if loop.finished:
                     break
             tokens.close()

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
-from modelyard.plugin import Event, InternalError, TextDelta, TokenLoop, wait_uncancellable
+from modelyard.plugin import Event, InternalError, TokenLogprob, TokenLoop, wait_uncancellable
 
 log = logging.getLogger(__name__)
 
@@ -305,16 +305,20 @@ class BatchEngine:
         if result != 0:
             raise RuntimeError(f"llama_decode returned {result}")
         for sequence, index in outputs:
-            self._sampled(sequence, sequence.sampler.sample_at(self._ctx, index))
+            token = sequence.sampler.sample_at(self._ctx, index)
+            reader = sequence.sampler.logprobs  # None unless the request asked: no cost otherwise
+            logprob = reader.read(lib.llama_get_logits_ith(self._ctx, index), token) if reader else None
+            self._sampled(sequence, token, logprob)
 
-    def _sampled(self, sequence: Sequence, token: int) -> None:
+    def _sampled(self, sequence: Sequence, token: int, logprob: TokenLogprob | None = None) -> None:
         loop = sequence.loop
         if self._lib.llama_vocab_is_eog(self._vocab, token):
             loop.end()
         else:
-            text = loop.push(token, self._piece(token))
+            text = loop.push(token, self._piece(token), logprob)
             if text:
-                sequence.deliver(TextDelta(text))
+                for event in loop.deltas(text):
+                    sequence.deliver(event)
         if loop.finished:
             with self._wake:
                 self._leave(sequence, keep_cache=True)

@@ -8,9 +8,12 @@ can differ (llama.cpp's batched numerics, docs/performance.md).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelyard.plugin import Options
+
+if TYPE_CHECKING:
+    from modelyard_llamacpp.logprobs import LogprobReader
 
 
 class SamplerChain:
@@ -19,6 +22,7 @@ class SamplerChain:
     def __init__(self, lib: Any, sampler: Any) -> None:
         self._lib = lib
         self._sampler = sampler  # llama_cpp._internals.LlamaSampler
+        self.logprobs: LogprobReader | None = None  # set when the request asks for log probabilities
 
     @classmethod
     def build(cls, lib: Any, model: Any, options: Options, *, seed: int, grammar: Any, n_ctx: int) -> SamplerChain:

@@ -37,6 +37,7 @@ from modelyard.plugin import (
     InternalError,
     LoadedModel,
     LoadSpec,
+    Logprobs,
     ModelView,
     Options,
     TextDelta,
@@ -51,6 +52,7 @@ from .engine import (
     Generate,
     Open,
     Piece,
+    Probabilities,
     Ready,
     Reply,
     Stop,
@@ -229,6 +231,9 @@ class OnnxModel(LoadedModel):
                 reply = await self._receive()
                 if isinstance(reply, Piece):
                     yield TextDelta(reply.text)
+                    continue
+                if isinstance(reply, Probabilities):
+                    yield Logprobs(reply.tokens)
                     continue
                 finished = True
                 if isinstance(reply, Failed):

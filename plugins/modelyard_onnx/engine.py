@@ -34,9 +34,11 @@ from modelyard.plugin import (
     Done,
     Format,
     InternalError,
+    Logprobs,
     ModelyardError,
     Options,
     TextDelta,
+    TokenLogprob,
     TokenLoop,
     cut_after,
     final_assistant_text,
@@ -83,6 +85,10 @@ class Piece(msgspec.Struct, tag=True):
     text: str
 
 
+class Probabilities(msgspec.Struct, tag=True):
+    tokens: list[TokenLogprob]  # of the Piece that comes next
+
+
 class Finished(msgspec.Struct, tag=True):
     done: Done
 
@@ -93,7 +99,7 @@ class Failed(msgspec.Struct, tag=True):
 
 
 Request = Open | Generate | Stop
-Reply = Ready | Piece | Finished | Failed
+Reply = Ready | Piece | Probabilities | Finished | Failed
 ERRORS: dict[str, type[ModelyardError]] = {cls.__name__: cls for cls in (BadRequest, InternalError, BackendUnavailable)}
 HEADER = struct.Struct("<I")
 
@@ -226,8 +232,9 @@ class Engine:
                 raise _invalid_format(format_, exc) from exc
             raise InternalError(f"onnxruntime-genai could not start generating: {exc}") from exc
 
-    def generate(self, completion: Completion, stop: threading.Event) -> Iterator[TextDelta | Done]:
-        """Pieces of text, then the Done; checks `stop` between tokens and between prompt chunks."""
+    def generate(self, completion: Completion, stop: threading.Event) -> Iterator[Logprobs | TextDelta | Done]:
+        """Pieces of text (each after its tokens' log probabilities, when asked), then the Done; checks `stop`
+        between tokens and between prompt chunks."""
         loop = TokenLoop(completion, self.n_ctx)
         prompt = loop.fit(self._prompt_tokens(completion))
         if not loop.finished:
@@ -243,15 +250,19 @@ class Engine:
                     if stop.is_set():
                         break
                     generator.append_tokens(prompt[start : start + step])
+                reader = LogprobReader(self.tokenizer, completion.top_logprobs) if completion.logprobs else None
                 while not stop.is_set() and not generator.is_done():  # is_done: a format that is complete
+                    # Read before the step: afterwards the generator holds the next step's logits already.
+                    logits = generator.get_logits() if reader else None
                     generator.generate_next_token()
                     token = int(generator.get_next_tokens()[0])
                     if token in self.eos:
                         loop.end()
                         break
-                    text = loop.push(token, stream.decode(token))
+                    logprob = reader.read(logits, token) if reader else None
+                    text = loop.push(token, stream.decode(token), logprob)
                     if text:
-                        yield TextDelta(text)
+                        yield from loop.deltas(text)
                     if loop.finished:
                         break
             finally:
@@ -283,6 +294,37 @@ def closed_objects(schema: Any) -> Any:
     if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
         copy["additionalProperties"] = False
     return copy
+
+
+class LogprobReader:
+    """A sampled token's log probability (and its `top` alternatives) from the full softmax over the raw
+    logits of its step, as the llama.cpp backend computes them."""
+
+    def __init__(self, tokenizer: Any, top: int) -> None:
+        import numpy  # onnxruntime-genai's own dependency
+
+        self._numpy = numpy
+        self._tokenizer = tokenizer
+        self._top = top
+
+    def read(self, logits: Any, token: int) -> TokenLogprob:
+        np = self._numpy
+        values = np.asarray(logits, dtype=np.float32).reshape(-1)
+        highest = float(values.max())
+        # The exponents are <= 0, so float32 cannot overflow; the sum runs in float64.
+        normalizer = highest + float(np.log(np.exp(values - highest).sum(dtype=np.float64)))
+        alternatives = []
+        if self._top > 0:
+            top = min(self._top, values.size)
+            candidates = np.argpartition(values, -top)[-top:].tolist()
+            ordered = sorted(candidates, key=lambda index: (-float(values[index]), index))
+            alternatives = [self._entry(index, float(values[index]) - normalizer) for index in ordered]
+        return self._entry(token, float(values[token]) - normalizer, alternatives)
+
+    def _entry(self, token: int, logprob: float, top: list[TokenLogprob] | None = None) -> TokenLogprob:
+        # The tokenizer decodes whole tokens only: a token that is part of a character shows U+FFFD.
+        text = self._tokenizer.decode([token])
+        return TokenLogprob(token=text, logprob=logprob, bytes=list(text.encode()), top_logprobs=top or [])
 
 
 def _invalid_format(format_: Format, exc: Exception) -> InternalError:
@@ -356,7 +398,12 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
         stop.clear()  # a Stop for the previous generation was read before this request
         try:
             for event in engine.generate(request.completion, stop):
-                reply(Piece(event.text) if isinstance(event, TextDelta) else Finished(event))
+                if isinstance(event, TextDelta):
+                    reply(Piece(event.text))
+                elif isinstance(event, Logprobs):
+                    reply(Probabilities(event.tokens))
+                else:
+                    reply(Finished(event))
         except ModelyardError as exc:
             reply(failure(exc))
         except Exception as exc:  # the engine's own errors (RuntimeError from the binding...)

@@ -40,6 +40,7 @@ from modelyard.runtime.messages import Message
 from modelyard.runtime.options import Format, Options, merge_options, parse_format, parse_options
 from modelyard.runtime.plugins import Backends
 from modelyard.runtime.scheduler import Lease, Scheduler
+from modelyard.runtime.thinking import ThinkingParser, starts_inside, template_tags
 from modelyard.store.names import ModelName
 from modelyard.templates.prompt import model_capabilities, render_go_template
 
@@ -64,6 +65,7 @@ class GenerationRequest(msgspec.Struct, kw_only=True):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     think: bool | str | None = None
+    think_optional: bool = False  # a model without the thinking capability ignores `think` instead of a 400
     logprobs: bool = False
     top_logprobs: int | None = None
     keep_alive: float | None = None  # seconds (parsed by the API: each has its own syntax); None: the model's
@@ -108,6 +110,32 @@ def full_name(model: ModelView) -> str:
 def check_top_logprobs(value: int | None) -> None:
     if value is not None and not 0 <= value <= 20:
         raise BadRequest("top_logprobs must be between 0 and 20")
+
+
+def resolve_think(think: bool | str | None, capabilities: frozenset[str]) -> bool | str | None:
+    """A model that can think does unless told not to (Ollama since 0.13); others keep what was asked."""
+    if think is None and THINKING in capabilities:
+        return True
+    return think
+
+
+def thinking_parser(
+    model: ModelView, completion: Completion, think: bool | str | None, template: str | None = None
+) -> ThinkingParser | None:
+    """The parser that separates thinking from the answer, when thinking is on (`think`, the model's default
+    applied) and the template names tags."""
+    if think in (None, False):
+        return None
+    go_template = template or model.template
+    if go_template:
+        tags = template_tags(go_template)
+        return ThinkingParser(tags, inside=starts_inside(tags, completion.prompt)) if tags else None
+    jinja = str(model.metadata.get("tokenizer.chat_template", "")) if model.format == "gguf" else ""
+    tags = template_tags(jinja, jinja=True) if jinja else None  # no template: the backend separates it, if at all
+    if tags is None:
+        return None
+    prompt = completion.prompt if completion.messages is None else None  # a raw prompt is at hand
+    return ThinkingParser(tags, inside=starts_inside(tags, prompt, jinja))
 
 
 def _check_think(think: bool | str | None, model_field: str, capabilities: frozenset[str]) -> None:
@@ -176,7 +204,7 @@ class Inference:
             options=options,
             format=format_,
             truncate=request.truncate,
-            think=request.think,
+            think=request.think,  # None stays the model's default: a backend (or another server) applies it
             tools=request.tools or None,
             tool_choice=request.tool_choice,
             logprobs=request.logprobs,
@@ -195,6 +223,7 @@ class Inference:
         if request.raw and (request.template or request.system or request.context):
             raise BadRequest("raw mode does not support template, system, or context")
         backend, capabilities = self._backend(model, requested, "generate", request.think)
+        think = resolve_think(request.think, capabilities)
         images = _decode_images(request.images, requested, capabilities)
         if request.suffix and INSERT not in capabilities:
             raise BadRequest(f"{full_name(model)} does not support insert")
@@ -219,9 +248,12 @@ class Inference:
                 completion.want_context = True
                 template = request.template or model.template
                 if template:
-                    completion.prompt = render_go_template(template, messages, suffix=request.suffix)
+                    completion.prompt = render_go_template(
+                        template, messages, suffix=request.suffix, think=think, think_set=request.think
+                    )
                     completion.messages, completion.conversation = None, messages
-            async for event in self._run(lease, completion, request.started):
+            parser = thinking_parser(model, completion, think, request.template)
+            async for event in self._run(lease, completion, request.started, parser):
                 yield event
         finally:
             await lease.release()
@@ -236,7 +268,10 @@ class Inference:
             await self.scheduler.unload(model)
             yield _without_work("unload", request.started)
             return
+        if request.think_optional and THINKING not in model_capabilities(model, self.backends.for_model(model)):
+            request.think = None
         backend, capabilities = self._backend(model, requested, "chat", request.think)
+        think = resolve_think(request.think, capabilities)
         images = [image for message in messages for image in (message.images or [])]
         decoded = _decode_images(images, requested, capabilities)
         if request.tools and TOOLS not in capabilities:
@@ -253,9 +288,12 @@ class Inference:
             completion.images = decoded
             completion.messages = prompt_messages
             if model.template:
-                completion.prompt = render_go_template(model.template, prompt_messages, request.tools)
+                completion.prompt = render_go_template(
+                    model.template, prompt_messages, request.tools, think=think, think_set=request.think
+                )
                 completion.messages, completion.conversation = None, prompt_messages
-            async for event in self._run(lease, completion, request.started):
+            parser = thinking_parser(model, completion, think)
+            async for event in self._run(lease, completion, request.started, parser):
                 yield event
         finally:
             await lease.release()
@@ -292,18 +330,22 @@ class Inference:
             total_duration=time.perf_counter_ns() - request.started,
         )
 
-    async def _run(self, lease: Lease, completion: Completion, started: int) -> AsyncGenerator[Event]:
-        """The engine's events, with the core's durations on the final Done."""
+    async def _run(
+        self, lease: Lease, completion: Completion, started: int, thinking: ThinkingParser | None = None
+    ) -> AsyncGenerator[Event]:
+        """The engine's events, its thinking separated (when the parser is given), with the core's durations
+        on the final Done."""
         async with aclosing(lease.model.generate(completion)) as events:
-            async for event in events:
-                if type(event) is Done:
-                    event = msgspec.structs.replace(
-                        event,
-                        load_duration=lease.load_duration,
-                        queue_duration=lease.queue_duration,
-                        total_duration=time.perf_counter_ns() - started,
-                    )
-                yield event
+            async for engine_event in events:
+                for event in thinking.split(engine_event) if thinking else (engine_event,):
+                    if type(event) is Done:
+                        event = msgspec.structs.replace(
+                            event,
+                            load_duration=lease.load_duration,
+                            queue_duration=lease.queue_duration,
+                            total_duration=time.perf_counter_ns() - started,
+                        )
+                    yield event
 
 
 def _without_work(reason: str, started: int, lease: Lease | None = None) -> Done:

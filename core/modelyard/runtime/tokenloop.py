@@ -13,8 +13,8 @@ engine process, or in an async generator:
         if is_end_of_sequence(token):
             loop.end()
             break
-        if text := loop.push(token, piece_of(token)):
-            yield TextDelta(text)
+        if text := loop.push(token, piece_of(token), logprob_of(token)):   # logprob: None unless asked
+            yield from loop.deltas(text)                   # its Logprobs (if any), then the TextDelta
         if loop.finished:
             break
     for event in loop.finish():     # the held-back text, then Done
@@ -27,7 +27,7 @@ import codecs
 import time
 
 from modelyard.errors import BadRequest
-from modelyard.runtime.contract import Completion, Done, TextDelta, fit_context
+from modelyard.runtime.contract import Completion, Done, Logprobs, TextDelta, TokenLogprob, fit_context
 from modelyard.runtime.text import StopSequences
 
 EMPTY_PROMPT = "the prompt is empty after tokenization"
@@ -49,6 +49,7 @@ class TokenLoop:
         self._stops = StopSequences(completion.options.stop)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stopped = False  # a stop string was found: what follows it is dropped
+        self._logprobs: list[TokenLogprob] = []  # of the tokens whose text is not shown yet
 
     def fit(self, tokens: list[int], *, keep: int | None = None, allow_empty: bool = False) -> list[int]:
         """The prompt tokens capped to the context (the first `keep`, num_keep by default, then the newest;
@@ -65,14 +66,17 @@ class TokenLoop:
             self.reason, self.finished = "length", True
         return prompt
 
-    def push(self, token: int, piece: bytes | str) -> str:
+    def push(self, token: int, piece: bytes | str, logprob: TokenLogprob | None = None) -> str:
         """Count one generated token and return the text that is safe to emit now ('' while a stop string
         or a UTF-8 sequence is incomplete). `piece` is the token's bytes, or its text when the engine's
-        tokenizer decodes. Afterwards `finished` says whether the loop must end."""
+        tokenizer decodes; `logprob` is kept until its text is shown (`deltas`). Afterwards `finished` says
+        whether the loop must end."""
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter_ns()
         output = self.output
         output.append(token)
+        if logprob is not None:
+            self._logprobs.append(logprob)
         text, stopped = self._stops.push(self._decoder.decode(piece) if isinstance(piece, bytes) else piece)
         if stopped:
             self._stopped = self.finished = True
@@ -80,20 +84,29 @@ class TokenLoop:
             self.reason, self.finished = "length", True
         return text
 
+    def deltas(self, text: str) -> list[Logprobs | TextDelta]:
+        """The events that show `text` (what `push` returned): the log probabilities of the tokens it
+        completes, when asked for, then the text."""
+        if not self._logprobs:
+            return [TextDelta(text)]
+        logprobs, self._logprobs = Logprobs(self._logprobs), []
+        return [logprobs, TextDelta(text)]
+
     def end(self) -> None:
         """The engine produced an end-of-sequence token (not counted, not shown): the loop ends."""
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter_ns()
         self.finished = True
 
-    def finish(self) -> list[TextDelta | Done]:
-        """The last events: the text still held back (unless a stop string cut it), then the Done."""
-        events: list[TextDelta | Done] = []
+    def finish(self) -> list[Logprobs | TextDelta | Done]:
+        """The last events: the text still held back (unless a stop string cut it) with its tokens' log
+        probabilities, then the Done. Tokens that only made up a cut stop string keep theirs to themselves."""
+        events: list[Logprobs | TextDelta | Done] = []
         if not self._stopped:
             text, stopped = self._stops.push(self._decoder.decode(b"", final=True))
             tail = text if stopped else text + self._stops.flush()
             if tail:
-                events.append(TextDelta(tail))
+                events.extend(self.deltas(tail))
         completion = self.completion
         events.append(
             Done.measured(

@@ -37,11 +37,20 @@ class ChatTemplate:
         self.bos_token = bos_token
         self.eos_token = eos_token
 
-    def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
+    def render(
+        self, messages: list[Message], tools: list[dict[str, Any]] | None = None, think: bool | str | None = None
+    ) -> str:
         """The prompt for the next assistant turn; a conversation that ends with an assistant message is
         continued instead: rendered without the generation prompt and cut right after that message's
-        text, as Hugging Face's `continue_final_message` does (Ollama leaves that turn open too)."""
+        text, as Hugging Face's `continue_final_message` does (Ollama leaves that turn open too).
+        `think` reaches the template as `enable_thinking` (Qwen3) and a level as `reasoning_effort`
+        (gpt-oss); neither is defined when `think` is None, so the template's own default holds."""
         final = final_assistant_text(messages)
+        switches: dict[str, Any] = {}
+        if think is not None:
+            switches["enable_thinking"] = think is not False
+        if isinstance(think, str):
+            switches["reasoning_effort"] = think
         try:
             text = self.template.render(
                 # `content` is always there for templates, even when empty (the wire type omits it then).
@@ -50,6 +59,7 @@ class ChatTemplate:
                 add_generation_prompt=not final,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                **switches,
             )
         except jinja2.TemplateError as exc:
             raise BadRequest(f"the chat template could not render the messages: {exc}") from exc

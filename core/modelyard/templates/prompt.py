@@ -16,8 +16,9 @@ import msgspec
 from msgspec import UNSET
 
 from modelyard.errors import InternalError
-from modelyard.runtime.contract import INSERT, TOOLS
+from modelyard.runtime.contract import INSERT, THINKING, TOOLS
 from modelyard.runtime.messages import Message
+from modelyard.runtime.thinking import template_tags
 from modelyard.templates.gotemplate import GoTemplate, GoTemplateError
 
 if TYPE_CHECKING:
@@ -33,14 +34,19 @@ def template_fields(source: str) -> set[str]:
 
 
 def template_capabilities(source: str) -> set[str]:
-    """What Ollama derives from a model's Go template: tools from `.Tools`, insert from `.Suffix`."""
+    """What Ollama derives from a model's Go template: tools from `.Tools`, insert from `.Suffix`, thinking
+    from `.Think` or a pair of thinking tags (runtime/thinking.py)."""
     fields = template_fields(source)
-    return {capability for capability, field in ((TOOLS, "tools"), (INSERT, "suffix")) if field in fields}
+    found = {capability for capability, field in ((TOOLS, "tools"), (INSERT, "suffix")) if field in fields}
+    if template_tags(source) is not None:
+        found.add(THINKING)
+    return found
 
 
 def model_capabilities(model: ModelView, backend: Backend) -> frozenset[str]:
-    """The backend's capabilities for the model, with tools and insert decided by the model's Go template
-    when it has one: that template builds the prompt, so it decides what the prompt can carry."""
+    """The backend's capabilities for the model, with tools and insert decided by the model's Go template when
+    it has one: that template builds the prompt, so it decides what the prompt can carry. Thinking comes from
+    the template too, or from a backend whose engine separates thinking itself."""
     found = set(backend.capabilities(model))
     if model.template is not None:
         found = (found - {TOOLS, INSERT}) | template_capabilities(model.template)
@@ -126,8 +132,16 @@ def collate(messages: list[Message]) -> tuple[str, list[Message]]:
 
 
 def render_go_template(
-    source: str, messages: list[Message], tools: list[dict[str, Any]] | None = None, suffix: str = ""
+    source: str,
+    messages: list[Message],
+    tools: list[dict[str, Any]] | None = None,
+    suffix: str = "",
+    *,
+    think: bool | str | None = None,
+    think_set: bool | str | None = None,
 ) -> str:
+    """`think` is the value in force (a level counts as true); `think_set` what the request said, for
+    `.IsThinkSet` (false when the model's default applies)."""
     try:
         template = GoTemplate(source)
     except GoTemplateError as exc:
@@ -136,9 +150,9 @@ def render_go_template(
         "Response": "",
         "Suffix": suffix,
         "Tools": _go_tools(tools),
-        "Think": False,
-        "ThinkLevel": "",
-        "IsThinkSet": False,
+        "Think": think not in (None, False),
+        "ThinkLevel": think if isinstance(think, str) else "",
+        "IsThinkSet": think_set is not None,
     }
     system, collated = collate(messages)
     fields = template_fields(source)

@@ -270,7 +270,8 @@ async def messages(request: Request[Any, Any, Any]) -> Response[Any]:
             messages=runtime_messages(body),
             options=options,
             tools=runtime_tools(body.tools),
-            think=True if thinking.get("type") == "enabled" else None,
+            think={"enabled": True, "disabled": False}.get(str(thinking.get("type"))),
+            think_optional=True,  # as Ollama: a model that cannot think answers without, not with a 400
         )
     )
     try:

@@ -20,9 +20,10 @@ from litestar.response import Stream
 
 from modelyard.api.http import JSON, decode_body, until_disconnect
 from modelyard.api.openai.errors import OpenAIError, error_detail
+from modelyard.api.openai.reasoning import think_value
 from modelyard.errors import ModelyardError
 from modelyard.runtime.aggregate import Aggregate
-from modelyard.runtime.contract import Done, Event, TextDelta, ToolCallEvent
+from modelyard.runtime.contract import Done, Event, TextDelta, ThinkingDelta, ToolCallEvent
 from modelyard.runtime.inference import GenerationRequest
 from modelyard.runtime.messages import Message
 from modelyard.runtime.options import parse_keep_alive
@@ -45,6 +46,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     conversation: Any = None
     options: dict[str, Any] | None = None  # Ollama's options, honoured as on chat
     keep_alive: Any = msgspec.UNSET
+    reasoning: dict[str, Any] | None = None  # {"effort": ..., "summary": ...}: effort becomes `think`
 
 
 def item_text(content: Any, param: str) -> str:
@@ -113,9 +115,21 @@ class ResponseEncoder:
         self.text: list[str] = []
         self.calls: list[ToolCallEvent] = []
         self.opened = False
+        # The thinking is a reasoning item before the message, its text the summary (as Ollama sends it).
+        self.reasoning_id = f"rs_{secrets.token_hex(12)}"
+        self.reasoning: list[str] = []
+        self.reasoning_open = False
+
+    @property
+    def message_index(self) -> int:
+        return 1 if self.reasoning else 0
+
+    def reasoning_item(self) -> dict[str, Any]:
+        summary = [{"type": "summary_text", "text": "".join(self.reasoning)}]
+        return {"type": "reasoning", "id": self.reasoning_id, "summary": summary}
 
     def response(self, status: str, done: Done | None = None) -> dict[str, Any]:
-        output: list[dict[str, Any]] = []
+        output: list[dict[str, Any]] = [self.reasoning_item()] if self.reasoning else []
         if self.text or (done is not None and not self.calls):
             content = [{"type": "output_text", "text": "".join(self.text), "annotations": []}]
             message = {"type": "message", "id": self.message_id, "status": "completed", "role": "assistant"}
@@ -160,20 +174,50 @@ class ResponseEncoder:
         return [self.event("response.created", response=pending), self.event("response.in_progress", response=pending)]
 
     def _open(self) -> list[bytes]:
+        frames = self._close_reasoning()
         self.opened = True
         item = {"type": "message", "id": self.message_id, "status": "in_progress", "role": "assistant", "content": []}
         part = {"type": "output_text", "text": "", "annotations": []}
-        where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
+        index = self.message_index
+        where = {"item_id": self.message_id, "output_index": index, "content_index": 0}
         return [
-            self.event("response.output_item.added", output_index=0, item=item),
+            *frames,
+            self.event("response.output_item.added", output_index=index, item=item),
             self.event("response.content_part.added", part=part, **where),
         ]
 
+    def _reasoning_frames(self, text: str) -> list[bytes]:
+        frames = []
+        where = {"item_id": self.reasoning_id, "output_index": 0, "summary_index": 0}
+        if not self.reasoning_open:
+            self.reasoning_open = True
+            item = {"type": "reasoning", "id": self.reasoning_id, "summary": []}
+            frames += [
+                self.event("response.output_item.added", output_index=0, item=item),
+                self.event("response.reasoning_summary_part.added", part={"type": "summary_text", "text": ""}, **where),
+            ]
+        self.reasoning.append(text)
+        return [*frames, self.event("response.reasoning_summary_text.delta", delta=text, **where)]
+
+    def _close_reasoning(self) -> list[bytes]:
+        if not self.reasoning_open:
+            return []
+        self.reasoning_open = False
+        item = self.reasoning_item()
+        where = {"item_id": self.reasoning_id, "output_index": 0, "summary_index": 0}
+        return [
+            self.event("response.reasoning_summary_text.done", text=item["summary"][0]["text"], **where),
+            self.event("response.reasoning_summary_part.done", part=item["summary"][0], **where),
+            self.event("response.output_item.done", output_index=0, item=item),
+        ]
+
     def frames(self, item: Event) -> list[bytes]:
+        if isinstance(item, ThinkingDelta) and not self.opened:  # thinking after the answer began is dropped
+            return self._reasoning_frames(item.text)
         if isinstance(item, TextDelta):
             frames = [] if self.opened else self._open()
             self.text.append(item.text)
-            where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
+            where = {"item_id": self.message_id, "output_index": self.message_index, "content_index": 0}
             return [*frames, self.event("response.output_text.delta", delta=item.text, **where)]
         if isinstance(item, ToolCallEvent):
             self.calls.append(item)
@@ -182,13 +226,15 @@ class ResponseEncoder:
             return []
         frames = [] if self.opened else self._open()
         final = self.response("completed", item)
-        where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
+        where = {"item_id": self.message_id, "output_index": self.message_index, "content_index": 0}
         text = "".join(self.text)
         part = {"type": "output_text", "text": text, "annotations": []}
         frames += [
             self.event("response.output_text.done", text=text, **where),
             self.event("response.content_part.done", part=part, **where),
-            self.event("response.output_item.done", output_index=0, item=final["output"][0]),
+            self.event(
+                "response.output_item.done", output_index=self.message_index, item=final["output"][self.message_index]
+            ),
         ]
         kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
         return [*frames, self.event(kind, response=final)]
@@ -196,6 +242,7 @@ class ResponseEncoder:
     def answer(self, aggregate: Aggregate) -> dict[str, Any]:
         assert aggregate.done is not None
         self.text = [aggregate.text]
+        self.reasoning = [aggregate.thinking] if aggregate.thinking else []
         self.calls = aggregate.tool_calls
         return self.response("completed", aggregate.done)
 
@@ -246,6 +293,7 @@ async def responses(request: Request[Any, Any, Any]) -> Response[Any]:
             format=text_format(body),
             tools=function_tools(body.tools),
             keep_alive=parse_keep_alive(body.keep_alive),
+            think=think_value(None, body.reasoning),
         )
     )
     try:

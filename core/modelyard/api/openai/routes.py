@@ -26,6 +26,7 @@ from litestar.response import Stream
 from modelyard.api.http import decode_body, json_response, until_disconnect
 from modelyard.api.openai.encode import ChatEncoder, CompletionEncoder
 from modelyard.api.openai.errors import ErrorBody, OpenAIError, error_detail
+from modelyard.api.openai.reasoning import think_value
 from modelyard.api.openai.responses import responses
 from modelyard.api.openai.wire import (
     ChatCompletionRequest,
@@ -54,18 +55,6 @@ log = logging.getLogger(__name__)
 
 SSE = "text/event-stream"
 ENCODER = msgspec.json.Encoder()
-
-# reasoning_effort as Ollama maps it onto `think`.
-REASONING_EFFORTS: dict[str, bool | str] = {
-    "none": False,
-    "minimal": "low",
-    "low": "low",
-    "medium": "medium",
-    "high": "high",
-    "max": "max",
-    "xhigh": "max",
-    "ultra": "max",
-}
 
 
 def services(request: Request[Any, Any, Any]) -> Any:
@@ -128,14 +117,6 @@ def response_format(body: ChatCompletionRequest) -> Any:
         param="response_format",
         code="invalid_value",
     )
-
-
-def think_value(effort: str | None) -> bool | str | None:
-    if effort is None:
-        return None
-    if effort not in REASONING_EFFORTS:
-        raise OpenAIError(f"invalid reasoning value: {effort!r}", param="reasoning_effort", code="invalid_value")
-    return REASONING_EFFORTS[effort]
 
 
 def tool_choice(choice: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
@@ -287,7 +268,7 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
             format=response_format(body),
             tools=body.tools or None,
             tool_choice=tool_choice(body.tool_choice),
-            think=think_value(body.reasoning_effort),
+            think=think_value(body.reasoning_effort, body.reasoning),
             logprobs=bool(body.logprobs),
             top_logprobs=body.top_logprobs,
             keep_alive=parse_keep_alive(body.keep_alive),

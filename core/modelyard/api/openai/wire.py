@@ -87,6 +87,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     logprobs: bool | None = None
     top_logprobs: int | None = None
     reasoning_effort: str | None = None
+    reasoning: dict[str, Any] | None = None  # {"effort": ...}: the Responses API's spelling, accepted here too
 
 
 class CompletionRequest(SamplingFields, kw_only=True):
