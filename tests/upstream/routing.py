@@ -34,11 +34,19 @@ def router(tmp: Path, config: str, **env: str) -> ServerProcess:
 
 
 def pool(
-    model: str, *urls: str, timeout: float = 60, extra: str = "", upstream_model: str = "", kind: str = "ollama"
+    model: str,
+    *urls: str,
+    timeout: float = 60,
+    extra: str = "",
+    upstream_model: str = "",
+    kind: str = "ollama",
+    capabilities: list[str] | None = None,
 ) -> str:
     lines = ["[[pool]]", f'model = "{model}"', f"timeout = {timeout}"]
     if upstream_model:
         lines.append(f'upstream_model = "{upstream_model}"')
+    if capabilities is not None:
+        lines.append("capabilities = [" + ", ".join(f'"{name}"' for name in capabilities) + "]")
     for url in urls:
         lines += ["[[pool.upstream]]", f'url = "{url}"', f'kind = "{kind}"']
     return "\n".join(lines) + "\n" + extra + "\n"
