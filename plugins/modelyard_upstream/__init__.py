@@ -279,7 +279,7 @@ class UpstreamBackend(Backend):
                 response.raise_for_status()
                 capabilities, details = ollama.shown(response.content)
             except (httpx.HTTPError, msgspec.ValidationError, msgspec.DecodeError, TypeError) as exc:
-                logging.getLogger(__name__).warning("%s: /api/show of %s failed: %s", endpoint.url, name, exc)
+                logging.getLogger(__name__).info("%s: /api/show of %s failed: %s", endpoint.url, name, exc)
                 continue
             endpoint.facts[name] = ModelFacts(capabilities, details, digests.get(name, ""))
 
