@@ -207,6 +207,9 @@ class UpstreamBackend(Backend):
 
     # --- health -----------------------------------------------------------------------------------------
 
+    async def start(self) -> None:
+        self._start_probes()  # at once: what the upstreams have and can do is known before the first request
+
     def _start_probes(self) -> None:
         """Start the active probes once, on the server's event loop."""
         if self.probes is not None:

@@ -210,7 +210,10 @@ class ShowAnswer(msgspec.Struct):
 
 
 def shown(body: bytes) -> tuple[frozenset[str], Details | None]:
-    """An /api/show answer's capabilities and details."""
+    """An /api/show answer's capabilities and details. The format is left out, as Ollama leaves it out for a
+    remote model: the weights are not here, and neither are their metadata (model_info) nor tensors."""
     answer = msgspec.json.decode(body, type=ShowAnswer)
-    details = Details(**msgspec.structs.asdict(answer.details)) if answer.details else None
+    details = None
+    if answer.details is not None:
+        details = Details(**msgspec.structs.asdict(msgspec.structs.replace(answer.details, format="")))
     return frozenset(answer.capabilities), details

@@ -300,6 +300,7 @@ def test_an_ollama_show_answer_gives_capabilities_and_details():
     capabilities, details = ollama.shown(body)
     assert capabilities == {"completion", "tools"}
     assert details is not None and (details.family, details.parameter_size) == ("qwen3", "8.2B")
+    assert details.format == ""  # as Ollama shows a remote model: its weights (and their metadata) are not here
 
 
 def test_embeddings_of_either_kind_are_read_in_input_order():
