@@ -14,7 +14,7 @@ import httpx
 import ollama
 import openai
 import pytest
-from routing import pool, router
+from routing import StubUpstream, pool, router
 
 from modelyard.store.bundled import all_minilm_zip
 from modelyard_conformance.launcher import ServerProcess
@@ -22,6 +22,7 @@ from modelyard_conformance.launcher import ServerProcess
 MINILM = "all-minilm:latest"
 OVER_OLLAMA = "em/ollama"
 OVER_OPENAI = "em/openai"
+FAILOVER = "em/failover"
 SENTENCES = ["The cat sits outside.", "A man is playing guitar.", "I love pasta."]
 
 
@@ -35,10 +36,22 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess
 
 
 @pytest.fixture(scope="module")
-def hub(upstream: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def busy() -> Iterator[StubUpstream]:
+    """An upstream that lists all-minilm and answers every request 503 (busy: tried, not ejected)."""
+    stub = StubUpstream(503, b'{"error": "server busy, please try again.  maximum pending requests exceeded"}', MINILM)
+    yield stub
+    stub.close()
+
+
+@pytest.fixture(scope="module")
+def hub(
+    upstream: ServerProcess, busy: StubUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     config = pool(OVER_OLLAMA, upstream.url, upstream_model=MINILM)
     # OpenAI's model list does not say a model embeds: the pool says it.
     config += pool(OVER_OPENAI, upstream.url, upstream_model=MINILM, kind="openai", capabilities=["embedding"])
+    # A busy upstream first: each request starts there (the one chosen longest ago) and moves on.
+    config += pool(FAILOVER, busy.url, upstream.url, upstream_model=MINILM, capabilities=["embedding"])
     with router(tmp_path_factory.mktemp("embed-router"), config + "[health]\ninterval = 0.5\n") as server:
         yield server
 
@@ -122,3 +135,12 @@ def test_an_upstreams_refusal_of_a_long_input_comes_back_as_its_400(hub):
     assert (answer.status_code, answer.json()) == (400, {"error": "the input length exceeds the context length"})
     cut = httpx.post(hub.url + "/api/embed", json={**body, "truncate": True}, timeout=60)
     assert cut.status_code == 200 and cut.json()["prompt_eval_count"] == 512
+
+
+def test_an_embedding_request_fails_over_before_the_answer(busy, direct, routed):
+    expected = direct.embed(model=MINILM, input=SENTENCES[:2]).embeddings
+    asked = busy.requests
+    for _ in range(2):
+        answer = routed.embed(model=FAILOVER, input=SENTENCES[:2]).embeddings
+        assert all(close(list(ours), list(theirs)) for ours, theirs in zip(answer, expected, strict=True))
+    assert busy.requests == asked + 2  # each went to the busy one first, then to the other
