@@ -292,9 +292,14 @@ def _error_text(error: dict[str, Any] | str) -> str:
     return error
 
 
+class Architecture(msgspec.Struct):
+    input_modalities: list[str] = msgspec.field(default_factory=list)  # "text", "image" (OpenRouter's words)
+
+
 class ModelEntry(msgspec.Struct):
     id: str
-    capabilities: list[str] | None = None  # llama-server's newer listings
+    capabilities: list[str] | None = None  # some llama-server versions
+    architecture: Architecture | None = None  # llama-server's newer listings
 
 
 class OllamaStyleEntry(msgspec.Struct):
@@ -311,13 +316,17 @@ class ModelList(msgspec.Struct):
 
 def model_list(body: bytes) -> dict[str, frozenset[str]]:
     """The models of a /v1/models answer, each with what it can do: completion (the endpoint's purpose), and
-    vision where the server says the model is multimodal. Tools, thinking and embedding are not said."""
+    vision where the server says the model is multimodal or reads images. Tools, thinking and embedding are
+    not said."""
     listing = msgspec.json.decode(body, type=ModelList)
     said = {entry.name: set(entry.capabilities or ()) for entry in listing.models or ()}
     models = {}
     for entry in listing.data:
         capabilities = set(entry.capabilities or ()) | said.get(entry.id, set())
-        models[entry.id] = frozenset({COMPLETION} | ({VISION} if "multimodal" in capabilities else set()))
+        reads_images = (
+            "multimodal" in capabilities or "image" in (entry.architecture or Architecture()).input_modalities
+        )
+        models[entry.id] = frozenset({COMPLETION} | ({VISION} if reads_images else set()))
     return models
 
 

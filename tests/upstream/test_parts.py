@@ -289,6 +289,8 @@ def test_an_openai_model_list_tells_completion_and_vision_where_the_server_says_
         b' "object": "list", "data": [{"id": "gemma", "object": "model", "owned_by": "llamacpp"}]}'
     )
     assert openai.model_list(llama_server) == {"gemma": frozenset({"completion", "vision"})}
+    newer = b'{"data": [{"id": "g", "architecture": {"input_modalities": ["text", "image"]}}, {"id": "t", "architecture": {"input_modalities": ["text"]}}]}'
+    assert openai.model_list(newer) == {"g": frozenset({"completion", "vision"}), "t": frozenset({"completion"})}
 
 
 def test_an_ollama_show_answer_gives_capabilities_and_details():
