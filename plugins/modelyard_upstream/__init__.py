@@ -201,7 +201,9 @@ class UpstreamBackend(Backend):
 
         if self.client is None:
             # Timeouts are set per request (each pool has its own); no pool limit: the scheduler bounds it.
-            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+            # Idle connections are dropped before the upstream's own keep-alive timeout (uvicorn's and
+            # llama-server's are 5 s) would close them under a request.
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=2.0)
             self.client = httpx.AsyncClient(timeout=None, limits=limits)
         return self.client
 
@@ -401,9 +403,15 @@ class UpstreamModel(LoadedModel):
         timeout = httpx.Timeout(pool.timeout, connect=pool.connect_timeout)
         endpoint.in_flight += 1
         try:
-            response = await self.backend.http().post(
-                endpoint.url + path, json=body, headers=_headers(endpoint), timeout=timeout
+            client = self.backend.http()
+            request = client.build_request(
+                "POST", endpoint.url + path, json=body, headers=_headers(endpoint), timeout=timeout
             )
+            response = await _send(client, request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
         except httpx.TimeoutException:
             error = UpstreamError(f"upstream {endpoint.url} did not answer within {pool.timeout:g} s", 504)
             endpoint.failed(error.message, health)
@@ -445,7 +453,7 @@ class UpstreamModel(LoadedModel):
         lines: AsyncIterator[str] | None = None
         try:
             try:
-                response = await client.send(request, stream=True)
+                response = await _send(client, request)
                 if response.status_code >= 400:
                     await self._refused(response, endpoint)
                 lines = response.aiter_lines()
@@ -514,6 +522,18 @@ def prefix(completion: Completion, length: int) -> bytes:
     messages = completion.messages or completion.conversation
     text = "\n".join(f"{m.role}: {m.content}" for m in messages) if messages else completion.prompt or ""
     return text[:length].encode()
+
+
+async def _send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """Send a request, streamed. A kept-alive connection the upstream closed while it idled fails before any
+    answer (RemoteProtocolError: "Server disconnected without sending a response"): the request never
+    reached the upstream, so it is sent once more, on a new connection, rather than failed over."""
+    import httpx
+
+    try:
+        return await client.send(request, stream=True)
+    except httpx.RemoteProtocolError:
+        return await client.send(request, stream=True)
 
 
 async def _first_line(lines: AsyncIterator[str]) -> str:
