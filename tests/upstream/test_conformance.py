@@ -2,8 +2,8 @@
 upstream: an `ollama` one (another modelyard, llama.cpp) and an `openai` one (llama.cpp's own `llama-server`).
 What a kind cannot pass is a strict xfail with its reason in the expectations file next to this one.
 
-The default run has a representative part of the suite (a generation, a chat, a stream cut short, what the
-model cannot do, the listings, the OpenAI and Anthropic APIs); the whole suite, about three minutes per
+The default run has a representative part of the suite (a generation with its counts, a chat, what the model
+cannot do, the listings, the OpenAI and Anthropic APIs); the whole suite, about three minutes per
 kind on two cores, runs with `-m upstream_suite`.
 """
 
@@ -30,10 +30,7 @@ REPRESENTATIVE = " or ".join(
     [
         "generate/answers-a-prompt",
         "generate/final-chunk-has-nanosecond-stats",
-        "generate/stop-sequence-ends-the-answer",
-        "generate/error-after-the-first-chunk-is-a-final-error-line",
         "chat/answers-messages",
-        "chat/format-json-gives-json",
         "chat/tools-on-a-model-without-tools-are-rejected",
         "chat/think-on-a-model-without-thinking-is-rejected",
         "show/describes-the-model",
@@ -113,13 +110,13 @@ def openai_kind(llama_cpp_server: str, tmp_path_factory: pytest.TempPathFactory)
 def test_the_suites_core_passes_through_an_ollama_upstream(ollama_kind, tmp_path):
     run = through(ollama_kind, OLLAMA_EXPECTATIONS, tmp_path / "report.json", "-k", REPRESENTATIVE)
     assert run.returncode == 0, run.explain()
-    assert len(run.results("passed")) >= 15, run.output
+    assert len(run.results("passed")) >= 10, run.output
 
 
 def test_the_suites_core_passes_through_an_openai_upstream(openai_kind, tmp_path):
     run = through(openai_kind, OPENAI_EXPECTATIONS, tmp_path / "report.json", "-k", REPRESENTATIVE)
     assert run.returncode == 0, run.explain()
-    assert len(run.results("passed")) >= 15, run.output
+    assert len(run.results("passed")) >= 10, run.output
 
 
 @pytest.mark.upstream_suite
