@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, extra_plugins: tuple[object, ..
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await asyncio.to_thread(install_bundled_models, store, settings.bundled_models)
+        await backends.start()
         log.info(
             "modelyard %s: models in %s, backends: %s",
             __version__,

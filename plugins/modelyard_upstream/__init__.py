@@ -30,6 +30,7 @@ import msgspec
 
 from modelyard.plugin import (
     COMPLETION,
+    EMBEDDING,
     INSERT,
     THINKING,
     TOOLS,
@@ -38,6 +39,7 @@ from modelyard.plugin import (
     Completion,
     Details,
     Done,
+    Embeddings,
     Event,
     LoadedModel,
     LoadSpec,
@@ -48,13 +50,15 @@ from modelyard.plugin import (
 
 from . import ollama, openai
 from .config import HealthEntry, PoolEntry, UpstreamEntry, read_config
-from .pool import Endpoint, Target, UpstreamError, choose
+from .pool import Endpoint, ModelFacts, Target, UpstreamError, choose
 
 if TYPE_CHECKING:
     import httpx
 
 DEFAULT_REMOTES = "ollama.com"  # Ollama's default OLLAMA_REMOTES
 RETRY_STATUSES = frozenset({502, 503, 504})  # answers that say "try another server"
+# Before a probe has read an ollama upstream's /api/show, nothing is refused here: the upstream answers.
+UNKNOWN_CAPABILITIES = frozenset({COMPLETION, TOOLS, THINKING, VISION, INSERT, EMBEDDING})
 
 
 class UpstreamSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -100,8 +104,25 @@ class UpstreamBackend(Backend):
         return "*" in self.remotes or hostname in self.remotes
 
     def capabilities(self, model: ModelView) -> frozenset[str]:
-        # The upstream knows what its model can do and answers for itself: nothing is refused here.
-        return frozenset({COMPLETION, TOOLS, THINKING, VISION, INSERT})
+        """The pool's `capabilities` when the config sets them; else what its upstreams say their model can do
+        (any of them: the request goes to one that can), as their last probe read it; else (no probe yet)
+        everything, and the upstream refuses for itself."""
+        pool, targets = self.targets(model)
+        if pool.capabilities is not None:
+            return frozenset(pool.capabilities)
+        known = [facts.capabilities for facts in self._facts(targets)]
+        return frozenset().union(*known) if known else UNKNOWN_CAPABILITIES
+
+    def _facts(self, targets: list[Target]) -> list[ModelFacts]:
+        """What the pool's upstreams said about their model; an openai upstream not yet probed can complete."""
+        found = []
+        for target in targets:
+            facts = target.endpoint.facts_of(target.model)
+            if facts is None and target.endpoint.kind == "openai":
+                facts = ModelFacts(frozenset({COMPLETION}))
+            if facts is not None:
+                found.append(facts)
+        return found
 
     def memory_estimate(self, model: ModelView, spec: LoadSpec) -> int:
         return 0  # nothing is loaded here
@@ -124,13 +145,16 @@ class UpstreamBackend(Backend):
 
     def _view(self, pool: PoolEntry, name: str) -> ModelView:
         first = pool.upstreams[0]
+        targets = [self._target(pool, upstream, name) for upstream in pool.upstreams]
+        # The first upstream's details (family, size, quantization) that a probe has read.
+        details = next((facts.details for facts in self._facts(targets) if facts.details is not None), None)
         return ModelView(
             name=name,
             format="remote",
             # Changes with the pool, so a reloaded config reloads the model (a sha256, as clients expect).
             digest=hashlib.sha256(f"{name} {msgspec.json.encode(pool).decode()}".encode()).hexdigest(),
             remote=Remote(host=first.url, model=first.model or pool.upstream_model or name),
-            details=Details(),
+            details=details or Details(),
             source=self.name,
         )
 
@@ -152,11 +176,12 @@ class UpstreamBackend(Backend):
 
     def targets(self, model: ModelView) -> tuple[PoolEntry, list[Target]]:
         pool = self._pool(model)
-        targets = [
-            Target(self._endpoint(upstream), upstream.model or pool.upstream_model or model.name, upstream.weight)
-            for upstream in pool.upstreams
-        ]
-        return pool, targets
+        return pool, [self._target(pool, upstream, model.name) for upstream in pool.upstreams]
+
+    def _target(self, pool: PoolEntry, upstream: UpstreamEntry, name: str) -> Target:
+        target = Target(self._endpoint(upstream), upstream.model or pool.upstream_model or name, upstream.weight)
+        target.endpoint.wanted.add(target.model.lower())  # the probes read what it can do
+        return target
 
     def _endpoint(self, upstream: UpstreamEntry) -> Endpoint:
         key = (upstream.url.rstrip("/"), upstream.kind)
@@ -176,11 +201,16 @@ class UpstreamBackend(Backend):
 
         if self.client is None:
             # Timeouts are set per request (each pool has its own); no pool limit: the scheduler bounds it.
-            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+            # Idle connections are dropped before the upstream's own keep-alive timeout (uvicorn's and
+            # llama-server's are 5 s) would close them under a request.
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=2.0)
             self.client = httpx.AsyncClient(timeout=None, limits=limits)
         return self.client
 
     # --- health -----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._start_probes()  # at once: what the upstreams have and can do is known before the first request
 
     def _start_probes(self) -> None:
         """Start the active probes once, on the server's event loop."""
@@ -216,10 +246,17 @@ class UpstreamBackend(Backend):
         import httpx  # on first use: a server without upstreams never loads it
 
         path = "/v1/models" if endpoint.kind == "openai" else "/api/tags"
+        digests: dict[str, str] = {}  # an ollama upstream's models and their digests
         try:
             response = await self.http().get(endpoint.url + path, headers=_headers(endpoint), timeout=5.0)
             response.raise_for_status()
-            names = openai.model_names(response.content) if endpoint.kind == "openai" else _tag_names(response)
+            if endpoint.kind == "openai":
+                listed = openai.model_list(response.content)
+                names = list(listed)
+                endpoint.facts = {name.lower(): ModelFacts(capabilities) for name, capabilities in listed.items()}
+            else:
+                digests = {tag.name: tag.digest for tag in msgspec.json.decode(response.content, type=Tags).models}
+                names = list(digests)
         except (httpx.HTTPError, msgspec.ValidationError, msgspec.DecodeError) as exc:
             # A server that runs one request at a time (llama-cpp-python's) answers a probe only after the
             # stream it is busy with: while requests are in flight, they tell its health, not the probe.
@@ -228,6 +265,42 @@ class UpstreamBackend(Backend):
             return
         endpoint.models = {name.lower(): name for name in names}
         endpoint.succeeded()
+        if endpoint.kind == "ollama":
+            await self._read_facts(endpoint, {name.lower(): digest for name, digest in digests.items()})
+
+    async def _read_facts(self, endpoint: Endpoint, digests: dict[str, str]) -> None:
+        """Ask an ollama upstream's /api/show about each of its models this router serves, once per digest."""
+        import httpx
+
+        wanted = {listed.lower() for listed in map(endpoint.listed_name, self._wanted(endpoint)) if listed}
+        for name in sorted(wanted):
+            known = endpoint.facts.get(name)
+            if known is not None and known.digest == digests.get(name, ""):
+                continue
+            try:
+                response = await self.http().post(
+                    endpoint.url + "/api/show", json={"model": name}, headers=_headers(endpoint), timeout=5.0
+                )
+                response.raise_for_status()
+                capabilities, details = ollama.shown(response.content)
+            except (httpx.HTTPError, msgspec.ValidationError, msgspec.DecodeError, TypeError) as exc:
+                logging.getLogger(__name__).info("%s: /api/show of %s failed: %s", endpoint.url, name, exc)
+                continue
+            endpoint.facts[name] = ModelFacts(capabilities, details, digests.get(name, ""))
+
+    def _wanted(self, endpoint: Endpoint) -> set[str]:
+        """The names of the models this router serves from `endpoint`: its pools' (a pattern pool: every
+        model of the endpoint's list that matches) and those requests named (remote models of the store)."""
+        wanted = set(endpoint.wanted)
+        for pool in self.config.pools:
+            for upstream in pool.upstreams:
+                if self._endpoint(upstream) is not endpoint:
+                    continue
+                if pool.is_pattern and not (upstream.model or pool.upstream_model):
+                    wanted.update(name for name in (endpoint.models or {}).values() if pool.matches(name))
+                elif not pool.is_pattern:
+                    wanted.add(upstream.model or pool.upstream_model or pool.model)
+        return wanted
 
     async def close(self) -> None:
         if self.probes is not None:
@@ -246,10 +319,7 @@ class Tags(msgspec.Struct):
 
 class TagModel(msgspec.Struct):
     name: str
-
-
-def _tag_names(response: httpx.Response) -> list[str]:
-    return [model.name for model in msgspec.json.decode(response.content, type=Tags).models]
+    digest: str = ""
 
 
 def _headers(endpoint: Endpoint) -> dict[str, str]:
@@ -284,14 +354,7 @@ class UpstreamModel(LoadedModel):
         tried: dict[Endpoint, str] = {}  # and what went wrong there
         failures: list[UpstreamError] = []
         while True:
-            try:
-                target = choose(targets, tried, self.view.name, affinity)
-            except UpstreamError as none_left:
-                # Every upstream failed before answering: a timeout each time is the gateway's 504.
-                if failures and all(failure.status == 504 for failure in failures):
-                    raise UpstreamError("; ".join(failure.message for failure in failures), 504) from None
-                raise none_left from None
-            tried[target.endpoint] = ""
+            target = self._next(targets, tried, failures, affinity)
             try:
                 # aclosing: a client that leaves closes the upstream request now, not when the GC gets to it.
                 async with contextlib.aclosing(self._forward(target, pool, completion)) as events:
@@ -301,6 +364,77 @@ class UpstreamModel(LoadedModel):
             except Retry as retry:
                 tried[target.endpoint] = retry.error.message
                 failures.append(retry.error)
+
+    async def embed(self, inputs: list[str], *, truncate: bool) -> Embeddings:
+        """The vectors from one upstream of the pool, with the same failover as a generation's."""
+        pool, targets = self.backend.targets(self.view)
+        tried: dict[Endpoint, str] = {}
+        failures: list[UpstreamError] = []
+        while True:
+            target = self._next(targets, tried, failures)
+            try:
+                return await self._embed_at(target, pool, inputs, truncate)
+            except Retry as retry:
+                tried[target.endpoint] = retry.error.message
+                failures.append(retry.error)
+
+    def _next(
+        self, targets: list[Target], tried: dict[Endpoint, str], failures: list[UpstreamError], affinity: bytes = b""
+    ) -> Target:
+        """The upstream to try next; when none is left, the error that says why."""
+        try:
+            target = choose(targets, tried, self.view.name, affinity)
+        except UpstreamError as none_left:
+            # Every upstream failed before answering: a timeout each time is the gateway's 504.
+            if failures and all(failure.status == 504 for failure in failures):
+                raise UpstreamError("; ".join(failure.message for failure in failures), 504) from None
+            raise none_left from None
+        tried[target.endpoint] = ""
+        return target
+
+    async def _embed_at(self, target: Target, pool: PoolEntry, inputs: list[str], truncate: bool) -> Embeddings:
+        import httpx  # on first use: a server without upstreams never loads it
+
+        endpoint, health = target.endpoint, self.backend.health
+        if endpoint.kind == "openai":  # OpenAI's API cannot refuse a long input: the upstream cuts or refuses
+            path, body = openai.embed_request(inputs, target.model)
+        else:
+            path, body = ollama.embed_request(inputs, truncate, target.model)
+        timeout = httpx.Timeout(pool.timeout, connect=pool.connect_timeout)
+        endpoint.in_flight += 1
+        try:
+            client = self.backend.http()
+            request = client.build_request(
+                "POST", endpoint.url + path, json=body, headers=_headers(endpoint), timeout=timeout
+            )
+            response = await _send(client, request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+        except httpx.TimeoutException:
+            error = UpstreamError(f"upstream {endpoint.url} did not answer within {pool.timeout:g} s", 504)
+            endpoint.failed(error.message, health)
+            raise Retry(error) from None
+        except httpx.TransportError as exc:
+            error = UpstreamError(f"upstream {endpoint.url} failed: {_describe(exc)}", 503)
+            endpoint.failed(error.message, health)
+            raise Retry(error) from None
+        finally:
+            endpoint.in_flight -= 1
+        if response.status_code >= 400:
+            await self._refused(response, endpoint)
+        endpoint.succeeded()
+        try:
+            return (
+                openai.embeddings(response.content)
+                if endpoint.kind == "openai"
+                else ollama.embeddings(response.content)
+            )
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise UpstreamError(
+                f"upstream {endpoint.url} sent embeddings this router cannot read: {exc}", 502
+            ) from None
 
     async def _forward(self, target: Target, pool: PoolEntry, completion: Completion) -> AsyncGenerator[Event]:
         import httpx  # on first use: a server without upstreams never loads it
@@ -319,7 +453,7 @@ class UpstreamModel(LoadedModel):
         lines: AsyncIterator[str] | None = None
         try:
             try:
-                response = await client.send(request, stream=True)
+                response = await _send(client, request)
                 if response.status_code >= 400:
                     await self._refused(response, endpoint)
                 lines = response.aiter_lines()
@@ -388,6 +522,18 @@ def prefix(completion: Completion, length: int) -> bytes:
     messages = completion.messages or completion.conversation
     text = "\n".join(f"{m.role}: {m.content}" for m in messages) if messages else completion.prompt or ""
     return text[:length].encode()
+
+
+async def _send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """Send a request, streamed. A kept-alive connection the upstream closed while it idled fails before any
+    answer (RemoteProtocolError: "Server disconnected without sending a response"): the request never
+    reached the upstream, so it is sent once more, on a new connection, rather than failed over."""
+    import httpx
+
+    try:
+        return await client.send(request, stream=True)
+    except httpx.RemoteProtocolError:
+        return await client.send(request, stream=True)
 
 
 async def _first_line(lines: AsyncIterator[str]) -> str:

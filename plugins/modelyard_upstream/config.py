@@ -9,6 +9,7 @@ pattern, as strict msgspec Structs (an unknown key or a wrong type stops the ser
     [[pool]]
     model = "smollm2:135m"          # the name clients use; or a pattern: "qwen3:*", "*"
     timeout = 30                    # seconds to wait for the first byte, and between two chunks
+    capabilities = ["completion", "tools"]   # what the model can do, when the upstreams cannot say (openai)
     affinity = 2000                 # same prompt prefix (2000 characters), same upstream: its prefix cache
     [[pool.upstream]]
     url = "http://gpu-1:11434"
@@ -27,6 +28,9 @@ from typing import Literal
 
 import msgspec
 
+from modelyard.plugin import COMPLETION, EMBEDDING, INSERT, THINKING, TOOLS, VISION
+
+CAPABILITIES = (COMPLETION, TOOLS, INSERT, VISION, EMBEDDING, THINKING)
 Kind = Literal["ollama", "openai"]
 PATTERN_CHARACTERS = frozenset("*?[")
 
@@ -47,6 +51,9 @@ class PoolEntry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     connect_timeout: float = 5.0
     parallel: int = 64  # requests this router sends to the pool at once; more wait in the scheduler's queue
     affinity: int = 0  # hash this many leading characters of the prompt to pick an upstream (prefix caches)
+    # What the model can do, as /api/show reports it; unset: what the upstreams say (an ollama upstream's
+    # /api/show; an openai one's model list, which tells completion, and vision where it says multimodal).
+    capabilities: list[str] | None = None
 
     @property
     def is_pattern(self) -> bool:
@@ -80,6 +87,10 @@ def read_config(path: str) -> UpstreamConfig:
             raise ValueError(f"upstream config {path}: pool {pool.model!r} has no upstream")
         if pool.timeout <= 0 or pool.connect_timeout <= 0 or pool.parallel < 1 or pool.affinity < 0:
             raise ValueError(f"upstream config {path}: pool {pool.model!r}: timeouts and parallel must be positive")
+        unknown = sorted(set(pool.capabilities or ()) - set(CAPABILITIES))
+        if unknown:
+            known = ", ".join(CAPABILITIES)
+            raise ValueError(f"upstream config {path}: pool {pool.model!r}: unknown capabilities {unknown} ({known})")
         for upstream in pool.upstreams:
             if upstream.weight <= 0:
                 raise ValueError(f"upstream config {path}: {upstream.url}: weight must be positive")

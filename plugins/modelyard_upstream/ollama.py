@@ -18,7 +18,9 @@ import msgspec
 
 from modelyard.plugin import (
     Completion,
+    Details,
     Done,
+    Embeddings,
     Event,
     Logprobs,
     Message,
@@ -174,3 +176,44 @@ def error_message(body: bytes) -> str:
         if isinstance(error, str):
             return error
     return body.decode(errors="replace").strip()
+
+
+def embed_request(inputs: list[str], truncate: bool, model: str) -> tuple[str, dict[str, Any]]:
+    """/api/embed, passed through: the upstream's vectors come back normalised, as Ollama's embed gives them."""
+    return "/api/embed", {"model": model, "input": inputs, "truncate": truncate}
+
+
+class EmbedAnswer(msgspec.Struct):
+    embeddings: list[list[float]]
+    prompt_eval_count: int = 0
+
+
+def embeddings(body: bytes) -> Embeddings:
+    answer = msgspec.json.decode(body, type=EmbedAnswer)
+    return Embeddings(vectors=answer.embeddings, prompt_eval_count=answer.prompt_eval_count)
+
+
+class ShowDetails(msgspec.Struct):
+    format: str = ""
+    family: str = ""
+    families: list[str] | None = None
+    parameter_size: str = ""
+    quantization_level: str = ""
+    parent_model: str = ""
+
+
+class ShowAnswer(msgspec.Struct):
+    """The part of an /api/show answer the router repeats for a pool model."""
+
+    capabilities: list[str] = msgspec.field(default_factory=list)
+    details: ShowDetails | None = None
+
+
+def shown(body: bytes) -> tuple[frozenset[str], Details | None]:
+    """An /api/show answer's capabilities and details. The format is left out, as Ollama leaves it out for a
+    remote model: the weights are not here, and neither are their metadata (model_info) nor tensors."""
+    answer = msgspec.json.decode(body, type=ShowAnswer)
+    details = None
+    if answer.details is not None:
+        details = Details(**msgspec.structs.asdict(msgspec.structs.replace(answer.details, format="")))
+    return frozenset(answer.capabilities), details

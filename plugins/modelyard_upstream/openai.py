@@ -27,8 +27,11 @@ from typing import Any
 import msgspec
 
 from modelyard.plugin import (
+    COMPLETION,
+    VISION,
     Completion,
     Done,
+    Embeddings,
     Event,
     Logprobs,
     Message,
@@ -289,13 +292,64 @@ def _error_text(error: dict[str, Any] | str) -> str:
     return error
 
 
-class ModelList(msgspec.Struct):
-    data: list[ModelEntry]
+class Architecture(msgspec.Struct):
+    input_modalities: list[str] = msgspec.field(default_factory=list)  # "text", "image" (OpenRouter's words)
 
 
 class ModelEntry(msgspec.Struct):
     id: str
+    capabilities: list[str] | None = None  # some llama-server versions
+    architecture: Architecture | None = None  # llama-server's newer listings
 
 
-def model_names(body: bytes) -> list[str]:
-    return [entry.id for entry in msgspec.json.decode(body, type=ModelList).data]
+class OllamaStyleEntry(msgspec.Struct):
+    """llama-server also lists its model Ollama's way, with capabilities ("multimodal": it reads images)."""
+
+    name: str
+    capabilities: list[str] | None = None
+
+
+class ModelList(msgspec.Struct):
+    data: list[ModelEntry]
+    models: list[OllamaStyleEntry] | None = None
+
+
+def model_list(body: bytes) -> dict[str, frozenset[str]]:
+    """The models of a /v1/models answer, each with what it can do: completion (the endpoint's purpose), and
+    vision where the server says the model is multimodal or reads images. Tools, thinking and embedding are
+    not said."""
+    listing = msgspec.json.decode(body, type=ModelList)
+    said = {entry.name: set(entry.capabilities or ()) for entry in listing.models or ()}
+    models = {}
+    for entry in listing.data:
+        capabilities = set(entry.capabilities or ()) | said.get(entry.id, set())
+        reads_images = (
+            "multimodal" in capabilities or "image" in (entry.architecture or Architecture()).input_modalities
+        )
+        models[entry.id] = frozenset({COMPLETION} | ({VISION} if reads_images else set()))
+    return models
+
+
+def embed_request(inputs: list[str], model: str) -> tuple[str, dict[str, Any]]:
+    return "/v1/embeddings", {"model": model, "input": inputs, "encoding_format": "float"}
+
+
+class EmbeddingEntry(msgspec.Struct):
+    embedding: list[float]
+    index: int = 0
+
+
+class EmbeddingsUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+
+
+class EmbeddingList(msgspec.Struct):
+    data: list[EmbeddingEntry]
+    usage: EmbeddingsUsage | None = None
+
+
+def embeddings(body: bytes) -> Embeddings:
+    """A /v1/embeddings answer as the contract's Embeddings (in input order; the core normalises)."""
+    answer = msgspec.json.decode(body, type=EmbeddingList)
+    vectors = [entry.embedding for entry in sorted(answer.data, key=lambda entry: entry.index)]
+    return Embeddings(vectors=vectors, prompt_eval_count=answer.usage.prompt_tokens if answer.usage else 0)

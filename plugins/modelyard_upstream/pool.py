@@ -17,7 +17,7 @@ import time
 
 import msgspec
 
-from modelyard.plugin import ModelyardError
+from modelyard.plugin import Details, ModelyardError
 
 from .config import HealthEntry, Kind
 
@@ -30,6 +30,15 @@ class UpstreamError(ModelyardError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ModelFacts(msgspec.Struct, frozen=True):
+    """What an upstream says one of its models can do and is: its /api/show (ollama kind), or its /v1/models
+    entry (openai kind). `digest` is the model's in the upstream's list: a new one asks again."""
+
+    capabilities: frozenset[str]
+    details: Details | None = None
+    digest: str = ""
 
 
 class Endpoint:
@@ -45,6 +54,8 @@ class Endpoint:
         self.last_error = ""
         self.last_chosen = 0.0
         self.models: dict[str, str] | None = None  # its models from the last probe: lower case -> as named
+        self.facts: dict[str, ModelFacts] = {}  # by the model's name there, lower case
+        self.wanted: set[str] = set()  # its models that requests or listings named (their facts are read)
 
     def ejected(self, now: float) -> bool:
         return now < self.ejected_until
@@ -62,10 +73,20 @@ class Endpoint:
 
     def has(self, model: str) -> bool:
         """Whether it serves `model`, as far as its last probe told (unknown counts as yes)."""
-        if self.models is None:
-            return True
+        return self.models is None or self.listed_name(model) is not None
+
+    def listed_name(self, model: str) -> str | None:
+        """The name its list gives `model` (a name without a tag is the `:latest` one), None if absent."""
         lowered = model.lower()
-        return lowered in self.models or (":" not in lowered and f"{lowered}:latest" in self.models)
+        for key in (lowered, f"{lowered}:latest") if ":" not in lowered else (lowered,):
+            if self.models is not None and key in self.models:
+                return self.models[key]
+        return None
+
+    def facts_of(self, model: str) -> ModelFacts | None:
+        """What the last probe learnt about `model` there (None: nothing yet)."""
+        listed = self.listed_name(model)
+        return self.facts.get((listed or model).lower())
 
     def state(self, now: float) -> str:
         if self.ejected(now):

@@ -34,11 +34,19 @@ def router(tmp: Path, config: str, **env: str) -> ServerProcess:
 
 
 def pool(
-    model: str, *urls: str, timeout: float = 60, extra: str = "", upstream_model: str = "", kind: str = "ollama"
+    model: str,
+    *urls: str,
+    timeout: float = 60,
+    extra: str = "",
+    upstream_model: str = "",
+    kind: str = "ollama",
+    capabilities: list[str] | None = None,
 ) -> str:
     lines = ["[[pool]]", f'model = "{model}"', f"timeout = {timeout}"]
     if upstream_model:
         lines.append(f'upstream_model = "{upstream_model}"')
+    if capabilities is not None:
+        lines.append("capabilities = [" + ", ".join(f'"{name}"' for name in capabilities) + "]")
     for url in urls:
         lines += ["[[pool.upstream]]", f'url = "{url}"', f'kind = "{kind}"']
     return "\n".join(lines) + "\n" + extra + "\n"
@@ -48,8 +56,8 @@ HEALTH = "[health]\ninterval = 0.3\nfailures = 1\ncooldown = 0.5\n"
 
 
 class StubUpstream:
-    """An HTTP server on loopback that answers every POST with one fixed status and body, and GETs (the
-    router's probes) with a model list of `model`, in a thread."""
+    """An HTTP server on loopback that answers every POST with one fixed status and body, and the router's
+    probes (GETs of the model list, /api/show) with a model `model` that completes, in a thread."""
 
     def __init__(self, status: int, body: bytes, model: str = "pooled") -> None:
         # Both kinds' model lists in one body (each reader ignores the other's key).
@@ -59,6 +67,9 @@ class StubUpstream:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path == "/api/show":  # the router's probe asks what the model can do
+                    self._answer(200, b'{"capabilities": ["completion"]}')
+                    return
                 stub.requests += 1
                 self._answer(stub.status, stub.body)
 

@@ -107,3 +107,28 @@ def test_pool_models_of_an_openai_upstream_are_listed(openai_router, routed):
     assert f"{ROUTED}:latest" in names and f"{ALIAS}:latest" in names  # listed as Ollama spells names
     answer = routed.chat(model=ALIAS, messages=[{"role": "user", "content": "hi"}], options={"num_predict": 2})
     assert answer.done and answer.eval_count == 2
+
+
+def test_an_openai_upstream_can_complete_and_nothing_it_does_not_say(llama_cpp_server, openai_router, routed):
+    shown = httpx.post(openai_router.url + "/api/show", json={"model": ROUTED}).json()
+    assert shown["capabilities"] == ["completion"]  # OpenAI's model list says no more (no tools, no vision)
+    assert (shown["remote_model"], shown["remote_host"]) == (ALIAS, llama_cpp_server)
+    with pytest.raises(ollama.ResponseError) as refused:
+        routed.chat(model=ROUTED, messages=[{"role": "user", "content": "hi"}], tools=[WEATHER])
+    assert (refused.value.status_code, refused.value.error) == (
+        400,
+        f"registry.ollama.ai/{ROUTED}:latest does not support tools",
+    )
+    with pytest.raises(ollama.ResponseError) as refused:
+        routed.chat(model=ROUTED, messages=[{"role": "user", "content": "hi"}], think=True)
+    assert (refused.value.status_code, refused.value.error) == (400, f'"{ROUTED}" does not support thinking')
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}

@@ -63,6 +63,10 @@ def test_a_config_file_is_read_into_pools(tmp_path: Path):
         ('[[pool]]\nmodel = "m"\n[[pool.upstream]]\nurl = "gpu:1"\n', "the url needs http:// or https://"),
         ('[[pool]]\nmodel = "m"\nupstream = []\n', "pool 'm' has no upstream"),
         ('[health]\nfailures = "3"\n', "Expected `int`, got `str`"),
+        (
+            '[[pool]]\nmodel = "m"\ncapabilities = ["completion", "telepathy"]\n[[pool.upstream]]\nurl = "http://a"\n',
+            "pool 'm': unknown capabilities ['telepathy']",
+        ),
     ],
 )
 def test_a_bad_config_file_is_refused_with_the_fault(tmp_path: Path, text: str, fault: str):
@@ -274,3 +278,44 @@ def test_the_affinity_key_is_the_prompts_prefix():
 def test_truncate_false_is_forwarded_so_the_upstream_refuses_a_long_prompt():
     _, body = ollama.request(completion(messages=[Message(role="user", content="Hi")], truncate=False), "up")
     assert body["truncate"] is False
+
+
+def test_an_openai_model_list_tells_completion_and_vision_where_the_server_says_multimodal():
+    plain = b'{"object": "list", "data": [{"id": "Qwen/Qwen3-8B", "object": "model", "owned_by": "vllm"}]}'
+    assert openai.model_list(plain) == {"Qwen/Qwen3-8B": frozenset({"completion"})}
+    # llama-server lists its model twice: OpenAI's way, and Ollama's way with capabilities.
+    llama_server = (
+        b'{"models": [{"name": "gemma", "model": "gemma", "capabilities": ["completion", "multimodal"]}],'
+        b' "object": "list", "data": [{"id": "gemma", "object": "model", "owned_by": "llamacpp"}]}'
+    )
+    assert openai.model_list(llama_server) == {"gemma": frozenset({"completion", "vision"})}
+    newer = b'{"data": [{"id": "g", "architecture": {"input_modalities": ["text", "image"]}}, {"id": "t", "architecture": {"input_modalities": ["text"]}}]}'
+    assert openai.model_list(newer) == {"g": frozenset({"completion", "vision"}), "t": frozenset({"completion"})}
+
+
+def test_an_ollama_show_answer_gives_capabilities_and_details():
+    body = (
+        b'{"modelfile": "", "capabilities": ["completion", "tools"], "model_info": {},'
+        b' "details": {"parent_model": "", "format": "gguf", "family": "qwen3", "families": ["qwen3"],'
+        b' "parameter_size": "8.2B", "quantization_level": "Q4_K_M"}}'
+    )
+    capabilities, details = ollama.shown(body)
+    assert capabilities == {"completion", "tools"}
+    assert details is not None and (details.family, details.parameter_size) == ("qwen3", "8.2B")
+    assert details.format == ""  # as Ollama shows a remote model: its weights (and their metadata) are not here
+
+
+def test_embeddings_of_either_kind_are_read_in_input_order():
+    answer = ollama.embeddings(b'{"model": "m", "embeddings": [[1.0, 0.0], [0.0, 1.0]], "prompt_eval_count": 5}')
+    assert (answer.vectors, answer.prompt_eval_count) == ([[1.0, 0.0], [0.0, 1.0]], 5)
+    shuffled = b'{"data": [{"index": 1, "embedding": [0.0, 1.0]}, {"index": 0, "embedding": [1.0, 0.0]}], "usage": {"prompt_tokens": 4}}'
+    answer = openai.embeddings(shuffled)
+    assert (answer.vectors, answer.prompt_eval_count) == ([[1.0, 0.0], [0.0, 1.0]], 4)
+    assert openai.embed_request(["a"], "e5") == (
+        "/v1/embeddings",
+        {"model": "e5", "input": ["a"], "encoding_format": "float"},
+    )
+    assert ollama.embed_request(["a"], False, "minilm") == (
+        "/api/embed",
+        {"model": "minilm", "input": ["a"], "truncate": False},
+    )

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import httpx
 import ollama
+import openai
 import pytest
 from routing import SMOLLM2, pool, router
 
@@ -90,22 +91,68 @@ def test_pool_models_are_listed_shown_and_marked_remote(llama_router, llama_serv
     assert ROUTED in [model.model for model in routed.ps().models]
 
 
-def test_a_model_no_upstream_has_is_a_404(llama_router, routed):
-    # Before the first probe the upstream's own 404 comes back; once the probe has listed the upstream's
-    # models the router knows it lacks "nowhere:1b" and answers for it. Wait for the probe (the pattern pool
-    # lists smollm2:135m once it has run), so the test knows which.
+def wait_for_probe(routed: ollama.Client) -> None:
+    """Until the router's probe has read the upstream (the pattern pool lists smollm2:135m once it has)."""
     deadline = time.monotonic() + 30
     while SMOLLM2 not in [model.model for model in routed.list().models] and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert SMOLLM2 in [model.model for model in routed.list().models], "the router never probed its upstream"
+
+
+def test_a_model_no_upstream_has_is_a_404(llama_router, routed):
+    # Before the first probe the upstream's own 404 comes back; once the probe has listed the upstream's
+    # models the router knows it lacks "nowhere:1b" and answers for it. Wait for the probe, so the test knows
+    # which.
+    wait_for_probe(routed)
     with pytest.raises(ollama.ResponseError) as missing:
         routed.chat(model="ghost", messages=[{"role": "user", "content": "hi"}])
     assert (missing.value.status_code, missing.value.error) == (404, "model 'ghost' not found")
 
 
-def test_an_upstream_bad_request_is_a_400(routed):
-    with pytest.raises(ollama.ResponseError) as refused:
-        routed.chat(model=ROUTED, messages=[{"role": "user", "content": "hi"}], think=True)
-    assert refused.value.status_code == 400 and "does not support thinking" in refused.value.error
+def test_show_gives_the_upstreams_own_capabilities_and_details(direct, routed):
+    wait_for_probe(routed)  # the probe reads the upstream's /api/show
+    upstream = direct.show(SMOLLM2)
+    shown = routed.show(ROUTED)
+    assert shown.capabilities == upstream.capabilities and "embedding" not in (shown.capabilities or [])
+    assert shown.details.family == upstream.details.family == "llama"
+    assert shown.details.parameter_size == upstream.details.parameter_size
+    assert shown.details.quantization_level == upstream.details.quantization_level
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "error"),
+    [
+        ("/api/chat", {"messages": [{"role": "user", "content": "hi"}], "think": True}, "does not support thinking"),
+        ("/api/embed", {"input": "hi"}, "does not support embeddings"),
+        ("/api/generate", {"prompt": "hi", "images": ["iVBORw0KGgo="]}, "does not support images"),
+    ],
+)
+def test_what_the_upstream_cannot_do_is_refused_as_for_a_local_model(
+    llama_server, llama_router, routed, path, body, error
+):
+    wait_for_probe(routed)
+    direct = httpx.post(llama_server.url + path, json={"model": SMOLLM2, **body, "stream": False}, timeout=60)
+    answer = httpx.post(llama_router.url + path, json={"model": ROUTED, **body, "stream": False}, timeout=60)
+    assert (answer.status_code, direct.status_code) == (400, 400)
+    # The same words, with the name the client used.
+    assert answer.json() == {"error": direct.json()["error"].replace(f'"{SMOLLM2}"', f'"{ROUTED}"')}
+    assert error in answer.json()["error"]
+
+
+def test_v1_models_lists_and_retrieves_pool_models_marked_remote(llama_router, llama_server, routed):
+    wait_for_probe(routed)
+    sdk = openai.OpenAI(base_url=llama_router.url + "/v1", api_key="modelyard")
+    try:
+        listed = {model.id: model for model in sdk.models.list().data}
+        retrieved = sdk.models.retrieve(ROUTED)
+    finally:
+        sdk.close()
+    for model in (listed[ROUTED], retrieved):
+        assert model.id == ROUTED and model.object == "model"
+        assert (model.model_extra or {}) == {"remote_model": SMOLLM2, "remote_host": llama_server.url}
+    assert listed[SMOLLM2].model_extra == {"remote_model": SMOLLM2, "remote_host": llama_server.url}
+    missing = httpx.get(llama_router.url + "/v1/models/ghost-of-nothing:1b")
+    assert missing.status_code == 404 and missing.json()["error"]["message"] == "model 'ghost-of-nothing:1b' not found"
 
 
 def test_remote_models_of_the_store_run_when_their_host_is_allowed(llama_router, llama_server, direct, routed):

@@ -310,6 +310,9 @@ class Backend:
         """Quantize a GGUF file into `target` (only when `quantizes` is true)."""
         raise BadRequest(f"the {self.name} backend cannot quantize models")
 
+    async def start(self) -> None:
+        """Begin background work (health probes...) on the server's event loop, at start-up."""
+
     async def close(self) -> None:
         """Free what the backend holds at server shutdown (loaded models are closed before)."""
 

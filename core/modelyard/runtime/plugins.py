@@ -105,6 +105,10 @@ class Backends:
             raise BadRequest("this server cannot run this remote model")
         raise InternalError(f"no backend can run model '{model.name}' (format {model.format})")
 
+    async def start(self) -> None:
+        for backend in self.backends:
+            await backend.start()
+
     async def close(self) -> None:
         for backend in self.backends:
             await backend.close()

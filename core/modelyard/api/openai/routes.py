@@ -44,7 +44,7 @@ from modelyard.api.openai.wire import (
 from modelyard.errors import BadRequest, ModelyardError, NotFound
 from modelyard.runtime.aggregate import Aggregate
 from modelyard.runtime.catalog import ModelCatalog
-from modelyard.runtime.contract import Event
+from modelyard.runtime.contract import Event, ModelView
 from modelyard.runtime.inference import EmbedRequest, GenerationRequest, normalized
 from modelyard.runtime.messages import Message, ToolCall, ToolCallFunction
 from modelyard.runtime.options import parse_keep_alive
@@ -361,17 +361,27 @@ def model_object(catalog: ModelCatalog, requested: str) -> ModelObject | None:
         return None
     name = ModelName.parse(strip_source(requested))
     created = int(found.modified_at.timestamp()) if isinstance(found, StoredModel) else 0  # offered: no file
-    return ModelObject(id=requested, created=created, owned_by=name.namespace)
+    view = found.view if isinstance(found, StoredModel) else found
+    return ModelObject(id=requested, created=created, owned_by=name.namespace, **_remote_fields(view))
+
+
+def _remote_fields(view: ModelView) -> dict[str, str]:
+    return {} if view.remote is None else {"remote_model": view.remote.model, "remote_host": view.remote.host}
 
 
 def list_models(catalog: ModelCatalog) -> ModelList:
     listed = [
-        ModelObject(id=model.name.display, created=int(model.modified_at.timestamp()), owned_by=model.name.namespace)
+        ModelObject(
+            id=model.name.display,
+            created=int(model.modified_at.timestamp()),
+            owned_by=model.name.namespace,
+            **_remote_fields(model.view),
+        )
         for model in catalog.store.list()
     ]
     for view in catalog.offered():
         name = ModelName.parse(view.name)
-        listed.append(ModelObject(id=name.display, created=0, owned_by=view.source))
+        listed.append(ModelObject(id=name.display, created=0, owned_by=view.source, **_remote_fields(view)))
     return ModelList(data=listed)
 
 

@@ -220,6 +220,9 @@ class ModelObject(Response, kw_only=True):
     object: str = "model"
     created: int
     owned_by: str
+    # A model another server runs (an upstream pool, a remote model), marked as /api/tags marks it.
+    remote_model: str | UnsetType = UNSET
+    remote_host: str | UnsetType = UNSET
 
 
 class ModelList(Response, kw_only=True):
