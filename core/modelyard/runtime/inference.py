@@ -16,7 +16,7 @@ import binascii
 import math
 import time
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
 import msgspec
@@ -40,6 +40,7 @@ from modelyard.runtime.messages import Message
 from modelyard.runtime.options import Format, Options, merge_options, parse_format, parse_options
 from modelyard.runtime.plugins import Backends
 from modelyard.runtime.scheduler import Lease, Scheduler
+from modelyard.runtime.tools import ToolCallParser, ToolPlan, parse_tool_calls, plan_tools
 from modelyard.store.names import ModelName
 from modelyard.templates.prompt import model_capabilities, render_go_template
 
@@ -171,16 +172,17 @@ class Inference:
         options = merge_options({"num_ctx": self.context_length}, parse_options(model_options), request_options)
         return await self.scheduler.acquire(model, backend, options, request.keep_alive), options, format_
 
-    def _completion(self, request: GenerationRequest, options: Options, format_: Format) -> Completion:
+    def _completion(self, request: GenerationRequest, options: Options, format_: Format, tools: ToolPlan) -> Completion:
         return Completion(
             options=options,
             format=format_,
             truncate=request.truncate,
             think=request.think,
-            tools=request.tools or None,
-            tool_choice=request.tool_choice,
+            tools=tools.offered,
+            tool_choice=tools.choice,
             logprobs=request.logprobs,
             top_logprobs=request.top_logprobs or 0,
+            constraint=tools.constraint,
         )
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Event]:
@@ -198,12 +200,13 @@ class Inference:
         images = _decode_images(request.images, requested, capabilities)
         if request.suffix and INSERT not in capabilities:
             raise BadRequest(f"{full_name(model)} does not support insert")
+        plan = _tool_plan(model, request)
         lease, options, format_ = await self._lease(model, backend, request)
         try:
             if not request.prompt:
                 yield _without_work("load", request.started, lease)
                 return
-            completion = self._completion(request, options, format_)
+            completion = self._completion(request, options, format_, plan)
             completion.images = images
             if request.raw:
                 completion.prompt = request.prompt
@@ -241,6 +244,7 @@ class Inference:
         decoded = _decode_images(images, requested, capabilities)
         if request.tools and TOOLS not in capabilities:
             raise BadRequest(f"{full_name(model)} does not support tools")
+        plan = _tool_plan(model, request)
         lease, options, format_ = await self._lease(model, backend, request)
         try:
             if not messages:
@@ -249,13 +253,13 @@ class Inference:
             prompt_messages = list(model.messages) + messages
             if model.system and prompt_messages[0].role != "system":
                 prompt_messages.insert(0, Message(role="system", content=model.system))
-            completion = self._completion(request, options, format_)
+            completion = self._completion(request, options, format_, plan)
             completion.images = decoded
             completion.messages = prompt_messages
             if model.template:
-                completion.prompt = render_go_template(model.template, prompt_messages, request.tools)
+                completion.prompt = render_go_template(model.template, prompt_messages, plan.offered)
                 completion.messages, completion.conversation = None, prompt_messages
-            async for event in self._run(lease, completion, request.started):
+            async for event in self._run(lease, completion, request.started, plan.parser()):
                 yield event
         finally:
             await lease.release()
@@ -292,10 +296,16 @@ class Inference:
             total_duration=time.perf_counter_ns() - request.started,
         )
 
-    async def _run(self, lease: Lease, completion: Completion, started: int) -> AsyncGenerator[Event]:
-        """The engine's events, with the core's durations on the final Done."""
-        async with aclosing(lease.model.generate(completion)) as events:
-            async for event in events:
+    async def _run(
+        self, lease: Lease, completion: Completion, started: int, tool_parser: ToolCallParser | None = None
+    ) -> AsyncGenerator[Event]:
+        """The engine's events, with tool calls parsed from its text when the request offered tools, and the
+        core's durations on the final Done."""
+        async with AsyncExitStack() as stack:
+            stream = events = await stack.enter_async_context(aclosing(lease.model.generate(completion)))
+            if tool_parser is not None:
+                stream = await stack.enter_async_context(aclosing(parse_tool_calls(events, tool_parser)))
+            async for event in stream:
                 if type(event) is Done:
                     event = msgspec.structs.replace(
                         event,
@@ -304,6 +314,20 @@ class Inference:
                         total_duration=time.perf_counter_ns() - started,
                     )
                 yield event
+
+
+def _tool_plan(model: ModelView, request: GenerationRequest) -> ToolPlan:
+    """The request's tools, tool_choice and format as the engine and the output parser need them."""
+    template = model.template or str(model.metadata.get("tokenizer.chat_template", "") if not model.remote else "")
+    return plan_tools(
+        request.tools,
+        request.tool_choice,
+        parse_format(request.format),
+        thinking=request.think not in (None, False),
+        template=template,
+        parser=model.parser,
+        parse=model.remote is None,  # a server that runs the model parses its own calls
+    )
 
 
 def _without_work(reason: str, started: int, lease: Lease | None = None) -> Done:

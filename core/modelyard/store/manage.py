@@ -247,6 +247,9 @@ class Management:
                 yield progress(f"{'creating new' if created else 'using existing'} layer {layer.digest}")
                 layers.append(layer)
 
+        for field in ("renderer", "parser"):
+            if (value := getattr(request, field)) is not None:
+                config = msgspec.structs.replace(config, **{field: value})
         config = msgspec.structs.replace(
             config, rootfs=msgspec.structs.replace(config.rootfs, diff_ids=[layer.digest for layer in layers])
         )

@@ -267,6 +267,7 @@ async def messages(request: Request[Any, Any, Any]) -> Response[Any]:
             messages=runtime_messages(body),
             options=options,
             tools=runtime_tools(body.tools),
+            tool_choice=body.tool_choice,  # {"type": "auto" | "any" | "none" | "tool", "name": ...}
             think=True if thinking.get("type") == "enabled" else None,
         )
     )
