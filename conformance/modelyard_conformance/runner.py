@@ -24,7 +24,12 @@ from .schema import Case, CompiledExpect, Request, Step
 from .target import Target
 
 TEXT_FIELDS = {"/api/generate": "response", "/api/chat": "message.content"}
-MIME_KINDS = {"application/json": "json", "application/x-ndjson": "ndjson", "text/plain": "text"}
+MIME_KINDS = {
+    "application/json": "json",
+    "application/x-ndjson": "ndjson",
+    "text/plain": "text",
+    "text/event-stream": "sse",
+}
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 

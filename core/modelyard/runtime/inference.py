@@ -167,8 +167,10 @@ class Inference:
         """Options (defaults < model PARAMETERs < request) and format checked, then the model leased."""
         request_options = parse_options(request.options)
         format_ = parse_format(request.format)
-        own = backend.parameters  # the backend's own Modelfile parameters are not options
-        model_options = {key: value for key, value in model.parameters.items() if key not in own}
+        own = backend.parameters  # the backend's own Modelfile parameters are not options, nor tool_choice
+        model_options = {
+            key: value for key, value in model.parameters.items() if key not in own and key != "tool_choice"
+        }
         options = merge_options({"num_ctx": self.context_length}, parse_options(model_options), request_options)
         return await self.scheduler.acquire(model, backend, options, request.keep_alive), options, format_
 
@@ -319,9 +321,12 @@ class Inference:
 def _tool_plan(model: ModelView, request: GenerationRequest) -> ToolPlan:
     """The request's tools, tool_choice and format as the engine and the output parser need them."""
     template = model.template or str(model.metadata.get("tokenizer.chat_template", "") if not model.remote else "")
+    choice = request.tool_choice
+    if choice is None and request.tools:  # the model's PARAMETER tool_choice, for requests that offer tools
+        choice = model.parameters.get("tool_choice")
     return plan_tools(
         request.tools,
-        request.tool_choice,
+        choice,
         parse_format(request.format),
         thinking=request.think not in (None, False),
         template=template,

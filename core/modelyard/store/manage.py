@@ -182,7 +182,8 @@ class Management:
         adapters = list(self._checked_files(request.adapters or {}).values())
         if len(adapters) > 1:
             raise BadRequest("only one adapter is currently supported")
-        backend_parameters = self._backend_parameters()
+        # PARAMETER tool_choice: the model's default tool_choice (an extension, docs/tools.md).
+        backend_parameters = {**self._backend_parameters(), "tool_choice": str}
         parameters = {
             key: typed_parameter(key, value, backend_parameters) for key, value in (request.parameters or {}).items()
         }
