@@ -201,7 +201,13 @@ def test_each_json_family_writes_a_call_its_parser_reads(http, family):
 
 
 def test_api_chat_streams_the_forced_call_then_done(http):
-    body = {"model": MODEL, "messages": QUESTION, "tools": TOOLS, "tool_choice": "required", "options": {"num_predict": 60}}
+    body = {
+        "model": MODEL,
+        "messages": QUESTION,
+        "tools": TOOLS,
+        "tool_choice": "required",
+        "options": {"num_predict": 60},
+    }
     with http.stream("POST", "/api/chat", json=body) as response:
         lines = [json.loads(line) for line in response.iter_lines() if line]
     calls = [call for line in lines for call in line["message"].get("tool_calls", [])]
@@ -226,7 +232,9 @@ def test_anthropic_tool_use(http, stream):
         "model": MODEL,
         "max_tokens": 60,
         "messages": [{"role": "user", "content": "Add 2 and 3."}],
-        "tools": [{"name": tool["function"]["name"], "input_schema": SCHEMAS[tool["function"]["name"]]} for tool in TOOLS],
+        "tools": [
+            {"name": tool["function"]["name"], "input_schema": SCHEMAS[tool["function"]["name"]]} for tool in TOOLS
+        ],
         "tool_choice": {"type": "tool", "name": "add"},
         "stream": stream,
     }
@@ -235,9 +243,7 @@ def test_anthropic_tool_use(http, stream):
         events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
         [start] = [event for event in events if event["type"] == "content_block_start"]
         assert start["content_block"]["type"] == "tool_use" and start["content_block"]["name"] == "add"
-        partial = "".join(
-            event["delta"]["partial_json"] for event in events if event["type"] == "content_block_delta"
-        )
+        partial = "".join(event["delta"]["partial_json"] for event in events if event["type"] == "content_block_delta")
         check_call("add", json.loads(partial), {"add"})
         assert [event for event in events if event["type"] == "message_delta"][0]["delta"]["stop_reason"] == "tool_use"
     else:
