@@ -10,6 +10,7 @@ for the module; each request is short. The 20-try loop per tool_choice value is 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,13 +136,12 @@ def check_call(name: str, arguments: dict, allowed: set[str]) -> None:
     jsonschema.validate(arguments, SCHEMAS[name])
 
 
-def openai_calls(client: openai.OpenAI, choice, stream: bool, max_tokens: int = 60) -> tuple[str, list, str]:
+def chat_once(client: openai.OpenAI, request: dict, stream: bool) -> tuple[str, list, str]:
     """(content, [(name, arguments)], finish_reason) of one chat completion, streamed or not."""
-    request = {"model": MODEL, "messages": QUESTION, "tools": TOOLS, "tool_choice": choice, "max_tokens": max_tokens}
     if not stream:
-        choice_ = client.chat.completions.create(**request).choices[0]
-        calls = [(call.function.name, json.loads(call.function.arguments)) for call in choice_.message.tool_calls or []]
-        return choice_.message.content or "", calls, choice_.finish_reason
+        choice = client.chat.completions.create(**request).choices[0]
+        calls = [(call.function.name, json.loads(call.function.arguments)) for call in choice.message.tool_calls or []]
+        return choice.message.content or "", calls, choice.finish_reason
     content, calls, finish = "", [], ""
     for chunk in client.chat.completions.create(**request, stream=True):
         delta = chunk.choices[0].delta
@@ -151,6 +151,11 @@ def openai_calls(client: openai.OpenAI, choice, stream: bool, max_tokens: int = 
             calls.append((call.function.name, json.loads(call.function.arguments)))
         finish = chunk.choices[0].finish_reason or finish
     return content, calls, finish
+
+
+def openai_calls(client: openai.OpenAI, choice, stream: bool, max_tokens: int = 60) -> tuple[str, list, str]:
+    request = {"model": MODEL, "messages": QUESTION, "tools": TOOLS, "tool_choice": choice, "max_tokens": max_tokens}
+    return chat_once(client, request, stream)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -259,17 +264,72 @@ def test_format_applies_after_the_thinking_block():
     import llama_cpp
     from llama_cpp.llama_grammar import LlamaGrammar
 
-    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+    # The example answers {"answer": ...}; the schema asks for "sum", which only the grammar brings.
+    schema = {"type": "object", "properties": {"sum": {"type": "integer"}}, "required": ["sum"]}
     grammar = LlamaGrammar.from_string(constraint_gbnf(Constraint(schema=schema, after="</think>")), verbose=False)
     llm = llama_cpp.Llama(str(smollm2_gguf()), n_ctx=512, verbose=False, seed=7)
     try:
+        # One worked example, so that this small model closes its thinking block by itself.
         prompt = (
-            "<|im_start|>user\nThink between <think> and </think>, then answer in JSON. What is 2+2?<|im_end|>\n"
-            "<|im_start|>assistant\n<think>"
+            "<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n"
+            '<think>One plus one is two.</think>{"answer": 2}<|im_end|>\n'
+            "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n<think>"
         )
         text = llm.create_completion(prompt, grammar=grammar, max_tokens=120, temperature=0)["choices"][0]["text"]
     finally:
         llm.close()
     thinking, marker, answer = text.partition("</think>")
-    assert marker, f"the thinking block never ended: {text!r}"
+    assert marker and thinking.strip(), f"no thinking block: {text!r}"
     jsonschema.validate(json.loads(answer), schema)
+
+
+LOOP_QUESTIONS = [
+    "What is the weather in Paris?",
+    "Add 17 and 25.",
+    "Is it raining in Tokyo right now?",
+    "How much is 3 plus 4?",
+    "Tell me a joke.",
+]
+LOOP_CHOICES = {
+    "none": "none",
+    "auto": "auto",
+    "required": "required",
+    "named": {"type": "function", "function": {"name": "add"}},
+}
+
+
+@pytest.mark.tool_loop
+@pytest.mark.parametrize("choice", list(LOOP_CHOICES))
+def test_tool_choice_holds_20_of_20(client, choice):
+    """Each tool_choice value, 20 tries (sampled: temperature 0.8, no seed; half streamed): none never calls,
+    auto calls only valid tools, required always calls a valid tool, a named function is always that one."""
+    held, started = 0, time.perf_counter()
+    for attempt in range(20):
+        request = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": LOOP_QUESTIONS[attempt % len(LOOP_QUESTIONS)]}],
+            "tools": TOOLS,
+            "tool_choice": LOOP_CHOICES[choice],
+            "max_tokens": 16 if choice in ("none", "auto") else 60,
+            "temperature": 0.8,
+        }
+        content, calls, finish = chat_once(client, request, stream=attempt % 2 == 1)
+        try:
+            if choice == "none":
+                assert calls == [] and content
+            elif choice == "auto":
+                for name, arguments in calls:
+                    check_call(name, arguments, {"get_weather", "add"})
+            elif choice == "required":
+                assert calls and finish == "tool_calls"
+                for name, arguments in calls:
+                    check_call(name, arguments, {"get_weather", "add"})
+            else:
+                assert [name for name, _ in calls] == ["add"] and finish == "tool_calls"
+                check_call("add", calls[0][1], {"add"})
+            held += 1
+        except (AssertionError, jsonschema.ValidationError) as exc:
+            print(f"{choice} try {attempt}: {exc}")
+    seconds = time.perf_counter() - started
+    print(f"tool_choice {choice}: {held}/20 held, {seconds:.1f} s ({seconds / 20:.2f} s a request)")
+    assert held == 20
