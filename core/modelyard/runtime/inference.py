@@ -40,7 +40,7 @@ from modelyard.runtime.messages import Message
 from modelyard.runtime.options import Format, Options, merge_options, parse_format, parse_options
 from modelyard.runtime.plugins import Backends
 from modelyard.runtime.scheduler import Lease, Scheduler
-from modelyard.runtime.tools import ToolCallParser, ToolPlan, parse_tool_calls, plan_tools
+from modelyard.runtime.tools import ToolCallParser, ToolPlan, normalize_tool_choice, parse_tool_calls, plan_tools
 from modelyard.store.names import ModelName
 from modelyard.templates.prompt import model_capabilities, render_go_template
 
@@ -202,13 +202,12 @@ class Inference:
         images = _decode_images(request.images, requested, capabilities)
         if request.suffix and INSERT not in capabilities:
             raise BadRequest(f"{full_name(model)} does not support insert")
-        plan = _tool_plan(model, request)
         lease, options, format_ = await self._lease(model, backend, request)
         try:
             if not request.prompt:
                 yield _without_work("load", request.started, lease)
                 return
-            completion = self._completion(request, options, format_, plan)
+            completion = self._completion(request, options, format_, _tool_plan(model, request, format_))
             completion.images = images
             if request.raw:
                 completion.prompt = request.prompt
@@ -246,7 +245,7 @@ class Inference:
         decoded = _decode_images(images, requested, capabilities)
         if request.tools and TOOLS not in capabilities:
             raise BadRequest(f"{full_name(model)} does not support tools")
-        plan = _tool_plan(model, request)
+        normalize_tool_choice(request.tool_choice, request.tools)  # a bad choice is a 400 before loading
         lease, options, format_ = await self._lease(model, backend, request)
         try:
             if not messages:
@@ -255,6 +254,7 @@ class Inference:
             prompt_messages = list(model.messages) + messages
             if model.system and prompt_messages[0].role != "system":
                 prompt_messages.insert(0, Message(role="system", content=model.system))
+            plan = _tool_plan(model, request, format_)
             completion = self._completion(request, options, format_, plan)
             completion.images = decoded
             completion.messages = prompt_messages
@@ -318,7 +318,7 @@ class Inference:
                 yield event
 
 
-def _tool_plan(model: ModelView, request: GenerationRequest) -> ToolPlan:
+def _tool_plan(model: ModelView, request: GenerationRequest, format_: Format) -> ToolPlan:
     """The request's tools, tool_choice and format as the engine and the output parser need them."""
     template = model.template or str(model.metadata.get("tokenizer.chat_template", "") if not model.remote else "")
     choice = request.tool_choice
@@ -327,7 +327,7 @@ def _tool_plan(model: ModelView, request: GenerationRequest) -> ToolPlan:
     return plan_tools(
         request.tools,
         choice,
-        parse_format(request.format),
+        format_,
         thinking=request.think not in (None, False),
         template=template,
         parser=model.parser,
