@@ -27,8 +27,8 @@ TEXT_FIELDS = {"/api/generate": "response", "/api/chat": "message.content"}
 MIME_KINDS = {
     "application/json": "json",
     "application/x-ndjson": "ndjson",
-    "text/plain": "text",
     "text/event-stream": "sse",
+    "text/plain": "text",
 }
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 

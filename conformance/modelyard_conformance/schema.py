@@ -59,7 +59,7 @@ class Request(Strict, kw_only=True):
         return self.path in STREAMING_PATHS
 
 
-ContentKind = Literal["json", "ndjson", "text", "sse", "empty"]  # sse: text/event-stream (raw checks)
+ContentKind = Literal["json", "ndjson", "sse", "text", "empty"]
 
 
 class Expect(Strict, kw_only=True):
