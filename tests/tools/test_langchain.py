@@ -55,3 +55,7 @@ class TestChatOllamaTools(ChatModelIntegrationTests):
         return ChatOllama(
             **{**self.standard_chat_model_params, **self.chat_model_params, "base_url": server.url, **extra}
         )
+
+    @pytest.mark.asyncio  # langchain's own projects run pytest-asyncio in auto mode; this suite is strict
+    async def test_tool_calling_async(self, model: ChatOllama) -> None:
+        await super().test_tool_calling_async(model)
