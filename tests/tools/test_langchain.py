@@ -15,7 +15,12 @@ import pytest
 from langchain_ollama import ChatOllama
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
-pytestmark = pytest.mark.langchain
+pytestmark = [
+    pytest.mark.langchain,
+    # ChatOllama never closes the ollama clients (httpx) it makes: their sockets are collected in later tests.
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
 
 # The standard tests about tool calling; conftest.py deselects the rest of the class (images, PDFs, usage...).
 TOOL_TESTS = (
@@ -69,23 +74,3 @@ class TestChatOllamaTools(ChatModelIntegrationTests):
     @pytest.mark.xfail(strict=True, reason=FORCED_EVERY_TURN)
     def test_agent_loop(self, model: ChatOllama) -> None:
         super().test_agent_loop(model)
-
-    @pytest.mark.xfail(
-        strict=True,
-        reason="the grammar makes the call match the schema, not the right values: the 135M model does not copy "
-        "the example's arguments ({'input': 3}) from the few-shot history",
-    )
-    def test_structured_few_shot_examples(self, model: ChatOllama, my_adder_tool: Any) -> None:
-        super().test_structured_few_shot_examples(model, my_adder_tool)
-
-    @pytest.mark.xfail(
-        strict=True,
-        reason="fails on the 135M model in the one run made (11:00 UTC, 2 loaded cores); cause not diagnosed yet: "
-        "the schema allows an empty answer_style, which the model may write",
-    )
-    def test_bind_runnables_as_tools(self, model: ChatOllama) -> None:
-        super().test_bind_runnables_as_tools(model)
-
-    @pytest.mark.xfail(strict=True, reason="fails on the 135M model in the one run made; cause not diagnosed yet")
-    def test_tool_calling_with_no_arguments(self, model: ChatOllama) -> None:
-        super().test_tool_calling_with_no_arguments(model)
