@@ -22,6 +22,17 @@ from modelyard_conformance.launcher import ServerProcess
 from modelyard_onnx import convert
 
 TINY_FOLDER = Path(__file__).parent / "fixtures" / "onnx" / "smollm2-tiny"
+# Long runs kept out of the default run; each runs only when `-m` names it (`uv run pytest -m soak ...`).
+OPT_IN_MARKERS = ("soak", "mutation", "upstream_suite", "tool_loop", "langchain")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    asked = config.getoption("markexpr") or ""
+    left_out = [marker for marker in OPT_IN_MARKERS if marker not in asked]
+    kept = [item for item in items if not any(item.get_closest_marker(marker) for marker in left_out)]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")

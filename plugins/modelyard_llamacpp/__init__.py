@@ -32,6 +32,7 @@ from modelyard.plugin import (
     BackendUnavailable,
     BadRequest,
     Completion,
+    Constraint,
     Event,
     InternalError,
     LoadedModel,
@@ -337,7 +338,7 @@ class LlamaCppModel(LoadedModel):
         options = completion.options
         loop = TokenLoop(completion, self.n_ctx)
         with self._grammar_lock:
-            grammar = self._grammar(completion.format)
+            grammar = self._grammar(completion)
         prompt = loop.fit(self._prompt_tokens(completion))
         seed = options.seed if options.seed >= 0 else random.getrandbits(32)
         sampler = SamplerChain.build(self._lib, self.llm._model, options, seed=seed, grammar=grammar, n_ctx=self.n_ctx)
@@ -353,22 +354,28 @@ class LlamaCppModel(LoadedModel):
 
         return LogprobReader(self.llm.n_vocab(), self._piece, completion.top_logprobs)
 
-    def _grammar(self, format_: Any) -> Any:
-        if format_ is None:
+    def _grammar(self, completion: Completion) -> Any:
+        """The grammar of the completion's constraint (its format, a forced tool call), cached per source."""
+        constraint = completion.constraint
+        if constraint is None and completion.format is not None:  # a Completion made without the core
+            constraint = Constraint(schema=completion.format)
+        if constraint is None:
             return None
         # The schema as given, not sorted: the grammar writes properties in the schema's order, and a
         # key that ignored the order would hand one order's grammar to the other.
-        source = "json" if format_ == "json" else json.dumps(format_)
+        source = msgspec.json.encode(constraint).decode()
         if source not in self._grammars:
             from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
             try:
-                if format_ == "json":
+                if constraint.prefix or constraint.suffix or constraint.after:
+                    self._grammars[source] = LlamaGrammar.from_string(constraint_gbnf(constraint), verbose=False)
+                elif constraint.schema == "json":
                     self._grammars[source] = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
                 else:
-                    self._grammars[source] = LlamaGrammar.from_json_schema(source, verbose=False)
+                    self._grammars[source] = LlamaGrammar.from_json_schema(json.dumps(constraint.schema), verbose=False)
             except Exception as exc:
-                raw = json.dumps(json.dumps(format_))
+                raw = json.dumps(json.dumps(constraint.schema))
                 raise InternalError(
                     f'invalid format: {raw}; expected "json" or a valid JSON Schema object ({exc})'
                 ) from exc
@@ -378,7 +385,7 @@ class LlamaCppModel(LoadedModel):
         options = completion.options
         llm = self.llm
         loop = TokenLoop(completion, self.n_ctx)
-        grammar = self._grammar(completion.format)
+        grammar = self._grammar(completion)
         prompt = loop.fit(self._prompt_tokens(completion))
         if options.seed >= 0:
             # A seeded request must repeat exactly. Logits of a prompt evaluated in one batch differ in
@@ -424,6 +431,46 @@ class LlamaCppModel(LoadedModel):
                     break
             tokens.close()
         yield from loop.finish()
+
+
+def constraint_gbnf(constraint: Constraint) -> str:
+    """A GBNF grammar for `constraint`: [free text ending with `after`] prefix JSON suffix, the JSON's rules
+    from llama-cpp-python's JSON Schema converter."""
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    schema = {"type": "object"} if constraint.schema == "json" else constraint.schema
+    converter.visit(converter.resolve_refs(schema, "format"), "payload")
+    sequence = [
+        "free-text" if constraint.after else "",
+        gbnf_literal(constraint.prefix) if constraint.prefix else "",
+        "payload",
+        gbnf_literal(constraint.suffix) if constraint.suffix else "",
+    ]
+    rules = [f"root ::= {' '.join(part for part in sequence if part)}", converter.format_grammar()]
+    if constraint.after:
+        rules.append(f"free-text ::= {text_before(constraint.after)} {gbnf_literal(constraint.after)}")
+    return "\n".join(rules) + "\n"
+
+
+def gbnf_literal(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return '"' + escaped.replace("\t", "\\t") + '"'
+
+
+def gbnf_not(char: str) -> str:
+    """A character class of every character but `char`."""
+    escaped = {"\\": "\\\\", "]": "\\]", "^": "\\^", "-": "\\-", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return f"[^{escaped.get(char, char)}]"
+
+
+def text_before(marker: str) -> str:
+    """Any text that does not contain `marker`: each step is a character that cannot begin it, or the
+    marker's first characters followed by one that breaks it. (Text that repeats the marker's first
+    character just before the marker, "<</think>", cannot be written: the model writes the marker alone.)"""
+    steps = [gbnf_not(marker[0])]
+    steps += [f"{gbnf_literal(marker[:size])} {gbnf_not(marker[size])}" for size in range(1, len(marker))]
+    return "(" + " | ".join(steps) + ")*"
 
 
 def _arch_value(metadata: Mapping[str, Any], key: str) -> Any:

@@ -20,16 +20,6 @@ ONLY_SMOLLM2 = ["--server-env", f"MODELYARD_BUNDLED_MODELS={MODEL}"]
 NO_BUNDLED = ["--server-env", "MODELYARD_BUNDLED_MODELS=none"]
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The mutation score takes minutes: it runs only when `-m` asks for it (`uv run pytest -m mutation`)."""
-    if "mutation" in (config.getoption("markexpr") or ""):
-        return
-    kept = [item for item in items if item.get_closest_marker("mutation") is None]
-    if len(kept) != len(items):
-        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
-        items[:] = kept
-
-
 @pytest.fixture(scope="session")
 def suite() -> Callable[..., SuiteRun]:
     """`suite(arguments, report, env=None, timeout=300)`: one run of the suite in a subprocess."""

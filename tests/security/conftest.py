@@ -1,4 +1,4 @@
-"""A server shared by the metrics, log and limits tests, and the soak test's opt-in (`-m soak`)."""
+"""A server shared by the metrics, log and limits tests."""
 
 from __future__ import annotations
 
@@ -25,12 +25,3 @@ def observed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     }
     with ServerProcess(models, env) as running:
         yield running
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if "soak" in (config.getoption("markexpr") or ""):
-        return
-    kept = [item for item in items if item.get_closest_marker("soak") is None]
-    if len(kept) != len(items):
-        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
-        items[:] = kept

@@ -38,6 +38,7 @@ CONTRACT_CLASSES = [
     contract.ModelView,
     contract.LoadSpec,
     contract.Completion,
+    contract.Constraint,
     *typing.get_args(contract.Event),  # TextDelta, ThinkingDelta, ToolCallEvent, Logprobs, Done
     contract.TokenLogprob,
     contract.Embeddings,

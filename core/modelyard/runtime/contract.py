@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
@@ -84,6 +84,7 @@ class ModelView:
         remote: Remote | None = None,
         details: Details | Callable[[], Details] | None = None,
         source: str = "store",
+        parser: str | None = None,
     ) -> None:
         self.name = name  # as users write it: "smollm2:135m", "me/model:tag"
         self.format = format  # "gguf", "onnx", "remote", or a plugin's own
@@ -98,6 +99,7 @@ class ModelView:
         self.remote = remote
         self._details = details
         self.source = source  # "store", or the name of the backend that offers it
+        self.parser = parser  # a Modelfile PARSER: how tool calls are read from the output (tools.md)
 
     @cached_property
     def metadata(self) -> Mapping[str, Any]:
@@ -133,6 +135,17 @@ class LoadSpec(msgspec.Struct, frozen=True, kw_only=True):
 # --- one request ----------------------------------------------------------------------------------
 
 
+class Constraint(msgspec.Struct, frozen=True, kw_only=True):
+    """What the output must be, for an engine that constrains sampling (a grammar): free text up to and
+    including `after` when it is set (a thinking block's closing marker), then `prefix`, then JSON matching
+    `schema` ("json": any JSON object), then `suffix`, and nothing more."""
+
+    schema: dict[str, Any] | Literal["json"]
+    prefix: str = ""
+    suffix: str = ""
+    after: str = ""
+
+
 class Completion(msgspec.Struct, kw_only=True):
     """One generation request, after the core has validated it and applied the model's defaults."""
 
@@ -151,6 +164,9 @@ class Completion(msgspec.Struct, kw_only=True):
     tool_choice: str | dict[str, Any] | None = None  # "auto", "none", "required" or {"name": function}
     logprobs: bool = False  # report each generated token's log probability (Logprobs events)
     top_logprobs: int = 0  # and that many alternatives per token
+    # What the core asks the engine to enforce (format, a forced tool call, after thinking); an engine with
+    # grammars follows it rather than `format`. None: nothing to enforce.
+    constraint: Constraint | None = None
 
 
 class TextDelta(msgspec.Struct, frozen=True):

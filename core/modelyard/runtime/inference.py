@@ -15,8 +15,8 @@ import base64
 import binascii
 import math
 import time
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
 import msgspec
@@ -41,6 +41,7 @@ from modelyard.runtime.options import Format, Options, merge_options, parse_form
 from modelyard.runtime.plugins import Backends
 from modelyard.runtime.scheduler import Lease, Scheduler
 from modelyard.runtime.thinking import ThinkingParser, starts_inside, template_tags
+from modelyard.runtime.tools import ToolCallParser, ToolPlan, normalize_tool_choice, parse_tool_calls, plan_tools
 from modelyard.store.names import ModelName
 from modelyard.templates.prompt import model_capabilities, render_go_template
 
@@ -194,21 +195,24 @@ class Inference:
         """Options (defaults < model PARAMETERs < request) and format checked, then the model leased."""
         request_options = parse_options(request.options)
         format_ = parse_format(request.format)
-        own = backend.parameters  # the backend's own Modelfile parameters are not options
-        model_options = {key: value for key, value in model.parameters.items() if key not in own}
+        own = backend.parameters  # the backend's own Modelfile parameters are not options, nor tool_choice
+        model_options = {
+            key: value for key, value in model.parameters.items() if key not in own and key != "tool_choice"
+        }
         options = merge_options({"num_ctx": self.context_length}, parse_options(model_options), request_options)
         return await self.scheduler.acquire(model, backend, options, request.keep_alive), options, format_
 
-    def _completion(self, request: GenerationRequest, options: Options, format_: Format) -> Completion:
+    def _completion(self, request: GenerationRequest, options: Options, format_: Format, tools: ToolPlan) -> Completion:
         return Completion(
             options=options,
             format=format_,
             truncate=request.truncate,
             think=request.think,  # None stays the model's default: a backend (or another server) applies it
-            tools=request.tools or None,
-            tool_choice=request.tool_choice,
+            tools=tools.offered,
+            tool_choice=tools.choice,
             logprobs=request.logprobs,
             top_logprobs=request.top_logprobs or 0,
+            constraint=tools.constraint,
         )
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Event]:
@@ -232,7 +236,7 @@ class Inference:
             if not request.prompt:
                 yield _without_work("load", request.started, lease)
                 return
-            completion = self._completion(request, options, format_)
+            completion = self._completion(request, options, format_, _tool_plan(model, request, format_, think))
             completion.images = images
             if request.raw:
                 completion.prompt = request.prompt
@@ -276,6 +280,7 @@ class Inference:
         decoded = _decode_images(images, requested, capabilities)
         if request.tools and TOOLS not in capabilities:
             raise BadRequest(f"{full_name(model)} does not support tools")
+        normalize_tool_choice(request.tool_choice, request.tools)  # a bad choice is a 400 before loading
         lease, options, format_ = await self._lease(model, backend, request)
         try:
             if not messages:
@@ -284,16 +289,17 @@ class Inference:
             prompt_messages = list(model.messages) + messages
             if model.system and prompt_messages[0].role != "system":
                 prompt_messages.insert(0, Message(role="system", content=model.system))
-            completion = self._completion(request, options, format_)
+            plan = _tool_plan(model, request, format_, think)
+            completion = self._completion(request, options, format_, plan)
             completion.images = decoded
             completion.messages = prompt_messages
             if model.template:
                 completion.prompt = render_go_template(
-                    model.template, prompt_messages, request.tools, think=think, think_set=request.think
+                    model.template, prompt_messages, plan.offered, think=think, think_set=request.think
                 )
                 completion.messages, completion.conversation = None, prompt_messages
-            parser = thinking_parser(model, completion, think)
-            async for event in self._run(lease, completion, request.started, parser):
+            thinking = thinking_parser(model, completion, think)
+            async for event in self._run(lease, completion, request.started, thinking, plan.parser()):
                 yield event
         finally:
             await lease.release()
@@ -331,21 +337,54 @@ class Inference:
         )
 
     async def _run(
-        self, lease: Lease, completion: Completion, started: int, thinking: ThinkingParser | None = None
+        self,
+        lease: Lease,
+        completion: Completion,
+        started: int,
+        thinking: ThinkingParser | None = None,
+        tool_parser: ToolCallParser | None = None,
     ) -> AsyncGenerator[Event]:
-        """The engine's events, its thinking separated (when the parser is given), with the core's durations
-        on the final Done."""
-        async with aclosing(lease.model.generate(completion)) as events:
-            async for engine_event in events:
-                for event in thinking.split(engine_event) if thinking else (engine_event,):
-                    if type(event) is Done:
-                        event = msgspec.structs.replace(
-                            event,
-                            load_duration=lease.load_duration,
-                            queue_duration=lease.queue_duration,
-                            total_duration=time.perf_counter_ns() - started,
-                        )
-                    yield event
+        """The engine's events with its thinking separated and tool calls parsed from its answer (when the
+        parsers are given), and the core's durations on the final Done."""
+        async with AsyncExitStack() as stack:
+            stream = await stack.enter_async_context(aclosing(lease.model.generate(completion)))
+            if thinking is not None:
+                stream = await stack.enter_async_context(aclosing(_split_thinking(stream, thinking)))
+            if tool_parser is not None:
+                stream = await stack.enter_async_context(aclosing(parse_tool_calls(stream, tool_parser)))
+            async for event in stream:
+                if type(event) is Done:
+                    event = msgspec.structs.replace(
+                        event,
+                        load_duration=lease.load_duration,
+                        queue_duration=lease.queue_duration,
+                        total_duration=time.perf_counter_ns() - started,
+                    )
+                yield event
+
+
+async def _split_thinking(events: AsyncIterator[Event], parser: ThinkingParser) -> AsyncGenerator[Event]:
+    """The engine's events with its text split into thinking and answer."""
+    async for event in events:
+        for part in parser.split(event):
+            yield part
+
+
+def _tool_plan(model: ModelView, request: GenerationRequest, format_: Format, think: bool | str | None) -> ToolPlan:
+    """The request's tools, tool_choice and format as the engine and the output parser need them."""
+    template = model.template or str(model.metadata.get("tokenizer.chat_template", "") if not model.remote else "")
+    choice = request.tool_choice
+    if choice is None and request.tools:  # the model's PARAMETER tool_choice, for requests that offer tools
+        choice = model.parameters.get("tool_choice")
+    return plan_tools(
+        request.tools,
+        choice,
+        format_,
+        thinking=think not in (None, False),  # the model's default applied: format then follows the thinking
+        template=template,
+        parser=model.parser,
+        parse=model.remote is None,  # a server that runs the model parses its own calls
+    )
 
 
 def _without_work(reason: str, started: int, lease: Lease | None = None) -> Done:

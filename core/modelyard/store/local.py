@@ -85,6 +85,8 @@ class ModelConfig(msgspec.Struct, omit_defaults=True):
     file_type: str = ""
     remote_host: str = ""  # a model served by another server: its base URL ("http://gpu-box:11434")
     remote_model: str = ""  # and the model's name there
+    renderer: str = ""  # a Modelfile RENDERER (kept; prompts come from the template)
+    parser: str = ""  # a Modelfile PARSER: the tool-call syntax of the model's output (runtime/tools.py)
     architecture: str = ""
     os: str = ""
     rootfs: RootFS = msgspec.field(default_factory=RootFS)
@@ -271,6 +273,7 @@ class StoredModel:
             messages=self.messages,
             remote=self.remote,
             details=self.details,
+            parser=self.config.parser or None,
         )
 
     def is_complete(self) -> bool:

@@ -182,7 +182,8 @@ class Management:
         adapters = list(self._checked_files(request.adapters or {}).values())
         if len(adapters) > 1:
             raise BadRequest("only one adapter is currently supported")
-        backend_parameters = self._backend_parameters()
+        # PARAMETER tool_choice: the model's default tool_choice (an extension, docs/tools.md).
+        backend_parameters = {**self._backend_parameters(), "tool_choice": str}
         parameters = {
             key: typed_parameter(key, value, backend_parameters) for key, value in (request.parameters or {}).items()
         }
@@ -247,6 +248,9 @@ class Management:
                 yield progress(f"{'creating new' if created else 'using existing'} layer {layer.digest}")
                 layers.append(layer)
 
+        for field in ("renderer", "parser"):
+            if (value := getattr(request, field)) is not None:
+                config = msgspec.structs.replace(config, **{field: value})
         config = msgspec.structs.replace(
             config, rootfs=msgspec.structs.replace(config.rootfs, diff_ids=[layer.digest for layer in layers])
         )

@@ -1,4 +1,4 @@
-"""Ollama's Modelfile: FROM, PARAMETER, TEMPLATE, SYSTEM, MESSAGE, LICENSE, ADAPTER.
+"""Ollama's Modelfile: FROM, PARAMETER, TEMPLATE, SYSTEM, MESSAGE, LICENSE, ADAPTER, RENDERER, PARSER.
 
 Instructions are case-insensitive; an argument may be "quoted" or span lines in \"\"\"triple quotes\"\"\";
 lines starting with # are comments.
@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-INSTRUCTIONS = ("from", "parameter", "template", "system", "message", "license", "adapter")
+INSTRUCTIONS = ("from", "parameter", "template", "system", "message", "license", "adapter", "renderer", "parser")
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -28,6 +28,8 @@ class Modelfile(msgspec.Struct, kw_only=True):
     messages: list[dict[str, str]] = msgspec.field(default_factory=list)
     licenses: list[str] = msgspec.field(default_factory=list)
     adapters: list[str] = msgspec.field(default_factory=list)
+    renderer: str | None = None
+    parser: str | None = None  # the tool-call syntax of the model's output (docs/tools.md)
 
 
 def _argument(text: str, position: int) -> tuple[str, int]:
@@ -92,6 +94,10 @@ def parse_modelfile(text: str) -> Modelfile:
             result.system = value
         elif instruction == "license":
             result.licenses.append(value)
+        elif instruction == "renderer":
+            result.renderer = value
+        elif instruction == "parser":
+            result.parser = value
         else:
             result.adapters.append(value)
     if not result.from_:
@@ -133,7 +139,13 @@ def create_request(modelfile: Modelfile, base: Path, upload: Callable[[Path], st
     if modelfile.adapters:
         adapter = base / Path(modelfile.adapters[0]).expanduser()
         body["adapters"] = {adapter.name: upload(adapter)}
-    for field, value in (("template", modelfile.template), ("system", modelfile.system)):
+    fields = (
+        ("template", modelfile.template),
+        ("system", modelfile.system),
+        ("renderer", modelfile.renderer),
+        ("parser", modelfile.parser),
+    )
+    for field, value in fields:
         if value is not None:
             body[field] = value
     if modelfile.parameters:

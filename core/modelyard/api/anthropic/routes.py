@@ -270,6 +270,7 @@ async def messages(request: Request[Any, Any, Any]) -> Response[Any]:
             messages=runtime_messages(body),
             options=options,
             tools=runtime_tools(body.tools),
+            tool_choice=body.tool_choice,  # {"type": "auto" | "any" | "none" | "tool", "name": ...}
             think={"enabled": True, "disabled": False}.get(str(thinking.get("type"))),
             think_optional=True,  # as Ollama: a model that cannot think answers without, not with a 400
         )

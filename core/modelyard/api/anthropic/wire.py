@@ -27,7 +27,7 @@ class MessagesRequest(Request, kw_only=True):
     top_k: int | None = None
     stop_sequences: list[str] | None = None
     tools: list[dict[str, Any]] | None = None
-    tool_choice: dict[str, Any] | None = None  # accepted, not enforced (as Ollama)
+    tool_choice: dict[str, Any] | None = None  # enforced: "any" and "tool" by grammar (docs/tools.md)
     thinking: dict[str, Any] | None = None  # {"type": "enabled", "budget_tokens": n}: budget not enforced
     metadata: dict[str, Any] | None = None
 

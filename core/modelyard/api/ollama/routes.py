@@ -167,6 +167,7 @@ async def chat(request: Request[Any, Any, Any]) -> Response[Any]:
             options=body.options,
             format=body.format,
             tools=body.tools,
+            tool_choice=body.tool_choice,
             think=body.think,
             logprobs=bool(body.logprobs),
             top_logprobs=body.top_logprobs,

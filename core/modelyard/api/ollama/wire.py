@@ -73,6 +73,7 @@ class ChatRequest(Request, kw_only=True):
     model: str | None = None
     messages: list[Message] | None = None
     tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None  # an extension (Ollama has none): "auto", "none", "required" or a function
     stream: bool | None = None
     format: Any = None
     keep_alive: Any = UNSET

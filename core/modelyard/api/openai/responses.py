@@ -42,6 +42,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     max_output_tokens: int | None = None
     text: dict[str, Any] | None = None  # {"format": {"type": "json_schema", "schema": ...}}
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None  # "auto", "none", "required", {"type": "function", "name"}
     previous_response_id: str | None = None
     conversation: Any = None
     options: dict[str, Any] | None = None  # Ollama's options, honoured as on chat
@@ -292,6 +293,7 @@ async def responses(request: Request[Any, Any, Any]) -> Response[Any]:
             options=options,
             format=text_format(body),
             tools=function_tools(body.tools),
+            tool_choice=body.tool_choice,
             keep_alive=parse_keep_alive(body.keep_alive),
             think=think_value(None, body.reasoning),
         )

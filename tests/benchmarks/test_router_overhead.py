@@ -1,7 +1,7 @@
 """What a router (a modelyard running only the upstream backend) costs, measured in one run: reported,
 never asserted, and out of the default run (--benchmark-skip):
 
-    uv run pytest tests/benchmarks/test_router.py --benchmark-only -s
+    uv run pytest tests/benchmarks/test_router_overhead.py --benchmark-only -s
 
 1. A stream through the router against the same llama.cpp upstream directly, in paired rounds (one direct
    stream, then one routed), so the machine's drift cancels in each pair: the medians of the paired
