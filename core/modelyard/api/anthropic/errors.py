@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import msgspec
-from litestar import Response
 
 JSON = "application/json; charset=utf-8"
 
@@ -31,7 +30,3 @@ class ErrorBody(msgspec.Struct, kw_only=True):
 
 def error_body(message: str, status: int) -> ErrorBody:
     return ErrorBody(error=ErrorDetail(type=ERROR_TYPES.get(status, "api_error"), message=message))
-
-
-def anthropic_error_response(message: str, status: int) -> Response[bytes]:
-    return Response(msgspec.json.encode(error_body(message, status)), status_code=status, media_type=JSON)

@@ -7,7 +7,6 @@ Domain errors keep their status; the type follows it as OpenAI's API names them.
 from __future__ import annotations
 
 import msgspec
-from litestar import Response
 
 from modelyard.errors import BadRequest, ModelyardError
 
@@ -49,8 +48,3 @@ def error_detail(message: str, status: int, exc: BaseException | None = None) ->
     if code is None and status == 404 and isinstance(exc, ModelyardError):
         code = "model_not_found"  # the only domain 404 an inference or models route raises
     return ErrorDetail(message=message, type=ERROR_TYPES.get(status, "api_error"), param=param, code=code)
-
-
-def openai_error_response(message: str, status: int, exc: BaseException | None = None) -> Response[bytes]:
-    body = ErrorBody(error=error_detail(message, status, exc))
-    return Response(msgspec.json.encode(body), status_code=status, media_type=JSON)
