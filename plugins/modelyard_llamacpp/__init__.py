@@ -53,6 +53,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The markers the core's tool-call and thinking parsers read (runtime/tools.py, runtime/thinking.py; not
+# exported through modelyard.plugin, hence this copy). A GGUF may hold one as a single control token, which
+# llama.cpp renders as nothing; those tokens render as their text instead, so the parsers see them (what
+# Ollama and llama.cpp call preserved tokens).
+PRESERVED_MARKERS = (
+    "<tool_call>",
+    "</tool_call>",
+    "<|python_tag|>",
+    "[TOOL_CALLS]",
+    "[ARGS]",
+    "<start_function_call>",
+    "<end_function_call>",
+    "<escape>",
+    "<think>",
+    "</think>",
+    "[THINK]",
+    "[/THINK]",
+    "◁think▷",
+    "◁/think▷",
+    "<thinking>",
+    "</thinking>",
+)
+
 INSTALL_HINT = (
     "the llamacpp backend needs llama-cpp-python: pip install 'modelyard[llamacpp]' "
     "(README.md tells which build flags work on this CPU)"
@@ -258,6 +281,7 @@ class LlamaCppModel(LoadedModel):
         self._grammars: dict[str, Any] = {}
         self._grammar_lock = threading.Lock()  # batched requests prepare in several worker threads
         self._pieces: dict[int, bytes] = {}
+        self._preserved = preserved_tokens(llm)
         self.engine: BatchEngine | None = None  # set when the model serves several requests at once
 
     def start_batching(self, parallel: int, batch_size: int) -> None:
@@ -320,14 +344,16 @@ class LlamaCppModel(LoadedModel):
         return context + tokens
 
     def _piece(self, token: int) -> bytes:
-        """The bytes of one token (special tokens render as nothing), cached per token id."""
+        """The bytes of one token, cached per token id: control tokens render as nothing, except the
+        parsers' markers (PRESERVED_MARKERS), which render as their text."""
         piece = self._pieces.get(token)
         if piece is None:
+            special = token in self._preserved
             buffer = ctypes.create_string_buffer(64)
-            length = self._lib.llama_token_to_piece(self.llm._model.vocab, token, buffer, len(buffer), 0, False)
+            length = self._lib.llama_token_to_piece(self.llm._model.vocab, token, buffer, len(buffer), 0, special)
             if length < 0:
                 buffer = ctypes.create_string_buffer(-length)
-                length = self._lib.llama_token_to_piece(self.llm._model.vocab, token, buffer, len(buffer), 0, False)
+                length = self._lib.llama_token_to_piece(self.llm._model.vocab, token, buffer, len(buffer), 0, special)
             piece = self._pieces[token] = buffer.raw[:length]
         return piece
 
@@ -431,6 +457,16 @@ class LlamaCppModel(LoadedModel):
                     break
             tokens.close()
         yield from loop.finish()
+
+
+def preserved_tokens(llm: Any) -> frozenset[int]:
+    """The ids of the PRESERVED_MARKERS this model's vocabulary holds as single tokens."""
+    ids = set()
+    for marker in PRESERVED_MARKERS:
+        tokens = llm.tokenize(marker.encode("utf-8"), add_bos=False, special=True)
+        if len(tokens) == 1:
+            ids.add(tokens[0])
+    return frozenset(ids)
 
 
 def constraint_gbnf(constraint: Constraint) -> str:
