@@ -146,3 +146,16 @@ def test_a_generated_marker_token_reaches_the_mistral_parser(patched: tuple[Any,
     events = parser.feed(text) + parser.finish()
     calls = [(event.name, event.arguments) for event in events if not isinstance(event, TextDelta)]
     assert calls == [("get_weather", {"city": "Paris"})]
+
+
+def test_the_plugin_lists_every_marker_the_parsers_read() -> None:
+    """The plugin keeps its own copy of the markers (it imports only modelyard.plugin): it must not fall behind."""
+    from modelyard.runtime.thinking import TAG_FAMILIES
+    from modelyard.runtime.tools import FAMILIES
+    from modelyard_llamacpp import PRESERVED_MARKERS
+
+    # Gemma's ```tool_code fences are ordinary text in every vocabulary, never one control token.
+    markers = {marker for syntax in FAMILIES.values() for marker in (*syntax.starts, syntax.end) if marker}
+    markers = {marker for marker in markers if not marker.startswith("```")}
+    markers |= {tag for tags in TAG_FAMILIES for tag in tags}
+    assert markers <= set(PRESERVED_MARKERS), markers - set(PRESERVED_MARKERS)
