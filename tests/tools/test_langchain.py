@@ -3,8 +3,7 @@ through langchain-ollama's ChatOllama against modelyard on the bundled SmolLM2 1
 
 langchain-ollama drops `tool_choice` (its bind_tools says Ollama does not support it), so the model under test
 is `hermes-smol-agent`: the Hermes-form template and `PARAMETER tool_choice required`, which forces a valid
-call whenever tools are bound. Tests that need the model to answer in text while tools are bound, or to choose
-well between tools, cannot pass on a 135M model this way: they are strict xfails with the reason.
+call whenever tools are bound. `test_tool_choice` is skipped by langchain-tests itself (has_tool_choice is false).
 """
 
 from __future__ import annotations
@@ -44,7 +43,9 @@ class TestChatOllamaTools(ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        return {"model": "hermes-smol-agent", "num_predict": 100}
+        # A seed: a seeded request evaluates its whole prompt, so greedy answers do not depend on what the
+        # cache held (a cached prefix changes the logits' last bits, enough to flip a 135M model's argument).
+        return {"model": "hermes-smol-agent", "num_predict": 100, "seed": 1}
 
     @property
     def has_tool_choice(self) -> bool:
@@ -60,22 +61,3 @@ class TestChatOllamaTools(ChatModelIntegrationTests):
         return ChatOllama(
             **{**self.standard_chat_model_params, **self.chat_model_params, "base_url": server.url, **extra}
         )
-
-    @pytest.mark.xfail(
-        strict=True,
-        reason="the grammar makes the call valid, not right: the 135M model calls magic_function with input 123 "
-        "for 'magic_function(3)' in ainvoke/astream (seen 11:20 UTC)",
-    )
-    @pytest.mark.asyncio  # langchain's own projects run pytest-asyncio in auto mode; this suite is strict
-    async def test_tool_calling_async(self, model: ChatOllama) -> None:
-        await super().test_tool_calling_async(model)
-
-    # What a 135M model cannot do even with every call forced to be valid (strict: a pass turns the run red).
-    FORCED_EVERY_TURN = (
-        "PARAMETER tool_choice required forces a call on every turn that has tools bound, so the turn after the "
-        "tool result, which must answer in text, calls again (langchain-ollama cannot send tool_choice auto)"
-    )
-
-    @pytest.mark.xfail(strict=True, reason=FORCED_EVERY_TURN)
-    def test_agent_loop(self, model: ChatOllama) -> None:
-        super().test_agent_loop(model)
