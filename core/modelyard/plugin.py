@@ -44,11 +44,13 @@ from modelyard.runtime.contract import (
     iterate_in_thread,
     wait_uncancellable,
 )
+from modelyard.runtime.grammar import gbnf_literal, to_gbnf, to_lark
 from modelyard.runtime.hookspecs import hookimpl
 from modelyard.runtime.messages import Message, ToolCall, ToolCallFunction
 from modelyard.runtime.options import Format, Options
 from modelyard.runtime.text import StopSequences
 from modelyard.runtime.tokenloop import TokenLoop
+from modelyard.runtime.tools import functiongemma_grammar
 from modelyard.store.formats import Blob, ModelFormat, NewModel
 from modelyard.store.gguf import FILE_TYPES, human_number
 from modelyard.store.gguf import read_header as read_gguf_header
@@ -122,9 +124,13 @@ __all__ = [
     "cut_after",
     "final_assistant_text",
     "fit_context",
+    "functiongemma_grammar",
+    "gbnf_literal",
     "hookimpl",
     "human_number",
     "iterate_in_thread",
     "read_gguf_header",
+    "to_gbnf",
+    "to_lark",
     "wait_uncancellable",
 ]

@@ -40,8 +40,11 @@ from modelyard.plugin import (
     ModelView,
     Options,
     TokenLoop,
+    functiongemma_grammar,
+    gbnf_literal,
     hookimpl,
     iterate_in_thread,
+    to_gbnf,
 )
 from modelyard_llamacpp.embed import LlamaCppEmbeddingModel, is_embedding_model
 
@@ -394,7 +397,7 @@ class LlamaCppModel(LoadedModel):
             from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
             try:
-                if constraint.prefix or constraint.suffix or constraint.after:
+                if constraint.prefix or constraint.suffix or constraint.after or constraint.syntax != "json":
                     self._grammars[source] = LlamaGrammar.from_string(constraint_gbnf(constraint), verbose=False)
                 elif constraint.schema == "json":
                     self._grammars[source] = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
@@ -470,28 +473,27 @@ def preserved_tokens(llm: Any) -> frozenset[int]:
 
 
 def constraint_gbnf(constraint: Constraint) -> str:
-    """A GBNF grammar for `constraint`: [free text ending with `after`] prefix JSON suffix, the JSON's rules
-    from llama-cpp-python's JSON Schema converter."""
-    from llama_cpp.llama_grammar import SchemaConverter
-
-    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    """A GBNF grammar for `constraint`: [free text ending with `after`] prefix payload suffix, the payload's
+    rules from llama-cpp-python's JSON Schema converter, or the core's for FunctionGemma's call syntax."""
     schema = {"type": "object"} if constraint.schema == "json" else constraint.schema
-    converter.visit(converter.resolve_refs(schema, "format"), "payload")
+    if constraint.syntax == "functiongemma":
+        payload = to_gbnf(functiongemma_grammar(schema))
+    else:
+        from llama_cpp.llama_grammar import SchemaConverter
+
+        converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        converter.visit(converter.resolve_refs(schema, "format"), "payload")
+        payload = converter.format_grammar()
     sequence = [
         "free-text" if constraint.after else "",
         gbnf_literal(constraint.prefix) if constraint.prefix else "",
         "payload",
         gbnf_literal(constraint.suffix) if constraint.suffix else "",
     ]
-    rules = [f"root ::= {' '.join(part for part in sequence if part)}", converter.format_grammar()]
+    rules = [f"root ::= {' '.join(part for part in sequence if part)}", payload]
     if constraint.after:
         rules.append(f"free-text ::= {text_before(constraint.after)} {gbnf_literal(constraint.after)}")
     return "\n".join(rules) + "\n"
-
-
-def gbnf_literal(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    return '"' + escaped.replace("\t", "\\t") + '"'
 
 
 def gbnf_not(char: str) -> str:

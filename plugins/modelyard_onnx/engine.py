@@ -31,6 +31,7 @@ from modelyard.plugin import (
     BackendUnavailable,
     BadRequest,
     Completion,
+    Constraint,
     Done,
     Format,
     InternalError,
@@ -42,6 +43,8 @@ from modelyard.plugin import (
     TokenLoop,
     cut_after,
     final_assistant_text,
+    functiongemma_grammar,
+    to_lark,
 )
 
 # Per provider: the name onnxruntime-genai knows it by, the function that says whether this build has
@@ -207,22 +210,27 @@ class Engine:
             search["random_seed"] = options.seed % 2**31
         return search
 
-    def _set_format(self, params: Any, format_: Format) -> None:
-        if format_ is None:
+    def _set_constraint(self, params: Any, constraint: Constraint | None) -> None:
+        """Hand the constraint (a format, a forced tool call, either after a thinking block) to llguidance:
+        a bare JSON Schema as one, anything with text around it as a Lark grammar that inlines the schema."""
+        if constraint is None:
             return
         if self._guidance is None:
             self._guidance = _has_guidance(self.og, self.engine)
         if not self._guidance:
             raise BadRequest(
-                "format needs guidance, which this onnxruntime-genai build lacks (it is built without "
-                "llguidance): install the official onnxruntime-genai wheels, or leave format out"
+                "format and forced tool calls need guidance, which this onnxruntime-genai build lacks (it is "
+                "built without llguidance): install the official onnxruntime-genai wheels, or leave them out"
             )
-        schema = dict(JSON_OBJECT) if format_ == "json" else closed_objects(format_)
+        schema = dict(JSON_OBJECT) if constraint.schema == "json" else closed_objects(constraint.schema)
         schema.setdefault("x-guidance", COMPACT_LAYOUT)
         try:
-            params.set_guidance("json_schema", json.dumps(schema))
+            if constraint.prefix or constraint.suffix or constraint.after or constraint.syntax != "json":
+                params.set_guidance("lark_grammar", constraint_lark(constraint, schema))
+            else:
+                params.set_guidance("json_schema", json.dumps(schema))
         except RuntimeError as exc:
-            raise _invalid_format(format_, exc) from exc
+            raise _invalid_format(constraint.schema, exc) from exc
 
     def _generator(self, params: Any, format_: Format) -> Any:
         try:
@@ -241,8 +249,11 @@ class Engine:
             params = self.og.GeneratorParams(self.engine)
             # max_length ends the search where the budget does (the loop below stops there first).
             params.set_search_options(**self._search_options(completion.options, len(prompt) + loop.budget))
-            self._set_format(params, completion.format)
-            generator = self._generator(params, completion.format)
+            constraint = completion.constraint
+            if constraint is None and completion.format is not None:  # a Completion made without the core
+                constraint = Constraint(schema=completion.format)
+            self._set_constraint(params, constraint)
+            generator = self._generator(params, constraint.schema if constraint else None)
             stream = self.tokenizer.create_stream()
             try:
                 step = self.prefill_chunk if self.prefill_chunk > 0 else len(prompt)
@@ -325,6 +336,27 @@ class LogprobReader:
         # The tokenizer decodes whole tokens only: a token that is part of a character shows U+FFFD.
         text = self._tokenizer.decode([token])
         return TokenLogprob(token=text, logprob=logprob, bytes=list(text.encode()), top_logprobs=top or [])
+
+
+def constraint_lark(constraint: Constraint, schema: dict[str, Any]) -> str:
+    """An llguidance Lark grammar for `constraint`: [free text ending with `after`] prefix payload suffix,
+    the payload the JSON Schema inlined, or the core's grammar of a FunctionGemma call. Literals are JSON
+    strings, which Lark reads with the same escapes."""
+    sequence = [
+        "free_text" if constraint.after else "",
+        json.dumps(constraint.prefix) if constraint.prefix else "",
+        "payload",
+        json.dumps(constraint.suffix) if constraint.suffix else "",
+    ]
+    if constraint.syntax == "functiongemma":
+        payload = to_lark(functiongemma_grammar(schema))
+    else:
+        payload = f"payload: %json {json.dumps(schema)}"
+    rules = ["%llguidance {}", "start: " + " ".join(part for part in sequence if part), payload]
+    if constraint.after:
+        # Lazy: the free text ends at the first `after`, which the suffix option writes.
+        rules.append(f"free_text[suffix={json.dumps(constraint.after)}]: /(?s:.*)/")
+    return "\n".join(rules) + "\n"
 
 
 def _invalid_format(format_: Format, exc: Exception) -> InternalError:

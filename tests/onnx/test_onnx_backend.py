@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from modelyard.errors import BackendUnavailable, BadRequest
+from modelyard.runtime.contract import Constraint
 from modelyard.runtime.options import Options
 from modelyard.runtime.plugins import Backends, build_plugin_manager
 from modelyard_onnx import OnnxBackend, OnnxSettings, check_provider
@@ -83,13 +84,14 @@ def test_options_become_search_options():
     assert (unbounded["top_k"], unbounded["top_p"]) == (0, 1.0)
 
 
-def test_a_build_without_guidance_refuses_format_with_a_400():
+def test_a_build_without_guidance_refuses_format_and_forced_calls_with_a_400():
     model = bare_model()
     model.og = types.SimpleNamespace(GeneratorParams=type("GeneratorParams", (), {}))
     model.engine = None
-    model._set_format(object(), None)  # no format: nothing asked of the build
-    with pytest.raises(BadRequest, match="format needs guidance, which this onnxruntime-genai build lacks"):
-        model._set_format(object(), "json")
+    model._set_constraint(object(), None)  # nothing to enforce: nothing asked of the build
+    for constraint in (Constraint(schema="json"), Constraint(schema={"type": "object"}, prefix="<tool_call>")):
+        with pytest.raises(BadRequest, match="forced tool calls need guidance, which this onnxruntime-genai build"):
+            model._set_constraint(object(), constraint)
 
 
 def test_the_provider_parameter_is_declared_for_the_store():

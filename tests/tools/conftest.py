@@ -41,6 +41,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
             create(client, "smol-llama3", template=HERMES_TEMPLATE, parser="llama3")
             create(client, "smol-mistral", template=HERMES_TEMPLATE, parser="ministral")
             create(client, "smol-own-tag", template=OWN_TAG_TEMPLATE)
+            create(client, "smol-functiongemma", template=HERMES_TEMPLATE, parser="functiongemma")
             # Clients that send no tool_choice (ollama-python, langchain-ollama): the model's PARAMETER forces it.
             create(client, "hermes-smol-agent", template=HERMES_TEMPLATE, parameters={"tool_choice": "required"})
         yield running

@@ -51,11 +51,17 @@ ADD = {
 TOOLS = [WEATHER, ADD]
 SCHEMAS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
-# A model for each JSON call syntax: the grammar writes the family's form, its parser must read it back.
 # Room for the longest call the grammar allows a sampled model (SmolLM2 writes digits one token each, and a
 # string may hold \u escapes); the grammar ends the call, so a normal call uses a fraction of it.
 CALL_BUDGET = 200
-FAMILY_MODELS = {"hermes": MODEL, "llama3": "smol-llama3", "mistral": "smol-mistral", "template": "smol-own-tag"}
+# A model for each call syntax: the grammar writes the family's form, its parser must read it back.
+FAMILY_MODELS = {
+    "hermes": MODEL,
+    "llama3": "smol-llama3",
+    "mistral": "smol-mistral",
+    "template": "smol-own-tag",
+    "functiongemma": "smol-functiongemma",
+}
 
 
 @pytest.fixture
@@ -159,9 +165,10 @@ def test_openai_auto_calls_only_valid_tools(client):
 
 
 @pytest.mark.parametrize("family", list(FAMILY_MODELS))
-def test_each_json_family_writes_a_call_its_parser_reads(http, family):
+def test_each_family_writes_a_call_its_parser_reads(http, family):
     """The grammar writes the family's own syntax (Hermes tags, Llama 3 bare JSON with "parameters", Mistral's
-    [TOOL_CALLS] list, a Go template's own tag); the same family's parser turns it back into a call."""
+    [TOOL_CALLS] list, a Go template's own tag, FunctionGemma's call:name{key:<escape>value<escape>}); the
+    same family's parser turns it back into a call."""
     body = {
         "model": FAMILY_MODELS[family],
         "messages": QUESTION,
@@ -175,6 +182,36 @@ def test_each_json_family_writes_a_call_its_parser_reads(http, family):
     assert call["id"].startswith("call_") and call["function"]["index"] == 0
     check_call(call["function"]["name"], call["function"]["arguments"], {"get_weather"})
     assert message["content"] == ""
+
+
+def test_functiongemma_calls_hold_every_kind_of_value(http):
+    """FunctionGemma's syntax is not JSON: the core's grammar of it (runtime/grammar.py) writes strings,
+    integers, numbers, booleans, enums, lists and nested objects that its parser reads back to the schema."""
+    parameters = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 20},
+            "nights": {"type": "integer"},
+            "budget": {"type": "number"},
+            "breakfast": {"type": "boolean"},
+            "room": {"enum": ["single", "double"]},
+            "guests": {"type": "array", "items": {"type": "string", "maxLength": 10}, "maxItems": 3},
+            "dates": {"type": "object", "properties": {"start": {"type": "string", "maxLength": 10}}},
+        },
+        "required": ["city", "nights", "budget", "breakfast", "room", "guests", "dates"],
+    }
+    body = {
+        "model": "smol-functiongemma",
+        "messages": [{"role": "user", "content": "Book two nights in Rome."}],
+        "tools": [{"type": "function", "function": {"name": "book", "parameters": parameters}}],
+        "tool_choice": "required",
+        "stream": False,
+        "options": {"num_predict": 400},
+    }
+    message = http.post("/api/chat", json=body).json()["message"]
+    [call] = message["tool_calls"]
+    assert call["function"]["name"] == "book" and message["content"] == ""
+    jsonschema.validate(call["function"]["arguments"], parameters)
 
 
 def test_api_chat_streams_the_forced_call_then_done(http):

@@ -138,12 +138,15 @@ class LoadSpec(msgspec.Struct, frozen=True, kw_only=True):
 class Constraint(msgspec.Struct, frozen=True, kw_only=True):
     """What the output must be, for an engine that constrains sampling (a grammar): free text up to and
     including `after` when it is set (a thinking block's closing marker), then `prefix`, then JSON matching
-    `schema` ("json": any JSON object), then `suffix`, and nothing more."""
+    `schema` ("json": any JSON object), then `suffix`, and nothing more. With `syntax` "functiongemma" the
+    part between prefix and suffix is one call in FunctionGemma's syntax instead of JSON, `schema` being the
+    calls' schema (`modelyard.plugin.functiongemma_grammar` writes its grammar)."""
 
     schema: dict[str, Any] | Literal["json"]
     prefix: str = ""
     suffix: str = ""
     after: str = ""
+    syntax: Literal["json", "functiongemma"] = "json"
 
 
 class Completion(msgspec.Struct, kw_only=True):

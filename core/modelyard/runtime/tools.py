@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from modelyard.errors import BadRequest
+from modelyard.runtime import grammar
 from modelyard.runtime.contract import Constraint, Done, Event, TextDelta, ToolCallEvent
 
 # Where a thinking block ends, for a format or tool grammar that must let the model think first.
@@ -44,8 +45,8 @@ class CallSyntax(msgspec.Struct, frozen=True, kw_only=True):
     leading_json: bool = False  # an answer that begins with `{` or `[` is a call (no marker)
     body: str = "json"  # "json", "mistral" (JSON or name[ARGS]{...}), "python" or "functiongemma"
     arguments_key: str = "arguments"  # the key the family writes its arguments under
-    # The grammar of one forced call: prefix, the JSON call (a one-item list when `as_list`), suffix.
-    # None: the family's syntax is not JSON, so no grammar forces it.
+    # The grammar of one forced call: prefix, the call (a one-item JSON list when `as_list`), suffix.
+    # None: no grammar forces this family's calls.
     grammar_prefix: str | None = ""
     grammar_suffix: str = ""
     as_list: bool = False
@@ -75,7 +76,8 @@ FUNCTIONGEMMA = CallSyntax(
     starts=("<start_function_call>",),
     end="<end_function_call>",
     body="functiongemma",
-    grammar_prefix=None,
+    grammar_prefix="<start_function_call>",
+    grammar_suffix="<end_function_call>",
 )
 JSON_CALLS = CallSyntax(name="json", leading_json=True)
 
@@ -189,7 +191,13 @@ def tool_constraint(
     schema: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
     if syntax.as_list:
         schema = {"type": "array", "items": schema, "minItems": 1, "maxItems": 1}
-    return Constraint(schema=schema, prefix=syntax.grammar_prefix, suffix=syntax.grammar_suffix, after=after)
+    return Constraint(
+        schema=schema,
+        prefix=syntax.grammar_prefix,
+        suffix=syntax.grammar_suffix,
+        after=after,
+        syntax="functiongemma" if syntax.body == "functiongemma" else "json",
+    )
 
 
 # --- the streaming parser ---------------------------------------------------------------------------
@@ -499,6 +507,107 @@ def _functiongemma_value(value: str) -> Any:
     if value.startswith("{") and value.endswith("}"):
         return _functiongemma_object(value[1:-1])
     return value
+
+
+class _FunctionGemmaGrammar:
+    """The grammar of one FunctionGemma call, `call:name{key:value,...}`, from the calls' schema that
+    `tool_constraint` builds (one call object, or anyOf of them): keys in the schema's order, strings
+    between `<escape>` marks (without `<`, so a string cannot end early), numbers and booleans bare, lists
+    in brackets, objects in braces. Other schemas (anyOf, null...) take a string."""
+
+    def __init__(self) -> None:
+        self.rules: grammar.Grammar = {}
+
+    def build(self, schema: dict[str, Any]) -> grammar.Grammar:
+        calls = schema.get("anyOf", [schema])
+        options = []
+        for call in calls:
+            properties = call["properties"]
+            name = properties["name"]["const"]
+            options.append(grammar.Sequence((grammar.Text(f"call:{name}"), self.object(properties["arguments"]))))
+        self.rules = {"payload": grammar.Choice(tuple(options)), **self.rules}
+        return self.rules
+
+    def rule(self, expression: grammar.Expression) -> grammar.Rule:
+        name = f"fg-{len(self.rules)}"
+        self.rules[name] = expression
+        return grammar.Rule(name)
+
+    def value(self, schema: Any) -> grammar.Expression:
+        schema = schema if isinstance(schema, dict) else {}
+        kind = schema.get("type")
+        if "enum" in schema or "const" in schema:
+            values = schema["enum"] if "enum" in schema else [schema["const"]]
+            return grammar.Choice(tuple(grammar.Text(_functiongemma_literal(value)) for value in values))
+        if kind == "integer":
+            return grammar.Sequence((grammar.Optional(grammar.Text("-")), grammar.Chars("0-9", 1, 16)))
+        if kind == "number":
+            fraction = grammar.Optional(grammar.Sequence((grammar.Text("."), grammar.Chars("0-9", 1, 16))))
+            return grammar.Sequence((grammar.Optional(grammar.Text("-")), grammar.Chars("0-9", 1, 16), fraction))
+        if kind == "boolean":
+            return grammar.Choice((grammar.Text("true"), grammar.Text("false")))
+        if kind == "array":
+            least, most = _count(schema.get("minItems")) or 0, _count(schema.get("maxItems"))
+            if most == 0:
+                return grammar.Text("[]")
+            item = self.rule(self.value(schema.get("items")))
+            more = grammar.Repeated(
+                grammar.Sequence((grammar.Text(","), item)), max(least - 1, 0), None if most is None else most - 1
+            )
+            items: grammar.Expression = grammar.Sequence((item, more))
+            return grammar.Sequence((grammar.Text("["), items if least else grammar.Optional(items), grammar.Text("]")))
+        if kind == "object":
+            return self.object(schema)
+        text = grammar.Chars("^<", _count(schema.get("minLength")) or 0, _count(schema.get("maxLength")))
+        return grammar.Sequence((grammar.Text("<escape>"), text, grammar.Text("<escape>")))
+
+    def object(self, schema: Any) -> grammar.Rule:
+        """`{key:value,...}`: the required keys always, the others optional, commas only between."""
+        schema = schema if isinstance(schema, dict) else {}
+        properties = schema.get("properties") or {}
+        required = set(schema.get("required") or [])
+        pairs = [
+            (grammar.Sequence((grammar.Text(f"{key}:"), self.value(value))), key in required)
+            for key, value in properties.items()
+        ]
+        first_required = next((index for index, (_, needed) in enumerate(pairs) if needed), None)
+        if first_required is None:  # all optional: none, or any one and then those after it
+            starts = [
+                grammar.Sequence(
+                    (
+                        pair,
+                        *(
+                            grammar.Optional(grammar.Sequence((grammar.Text(","), later)))
+                            for later, _ in pairs[index + 1 :]
+                        ),
+                    )
+                )
+                for index, (pair, _) in enumerate(pairs)
+            ]
+            body: list[grammar.Expression] = [grammar.Optional(grammar.Choice(tuple(starts)))] if starts else []
+        else:
+            body = [grammar.Optional(grammar.Sequence((pair, grammar.Text(",")))) for pair, _ in pairs[:first_required]]
+            body.append(pairs[first_required][0])
+            for pair, needed in pairs[first_required + 1 :]:
+                after_comma = grammar.Sequence((grammar.Text(","), pair))
+                body.append(after_comma if needed else grammar.Optional(after_comma))
+        return self.rule(grammar.Sequence((grammar.Text("{"), *body, grammar.Text("}"))))
+
+
+def functiongemma_grammar(schema: dict[str, Any]) -> grammar.Grammar:
+    """The grammar of a FunctionGemma call for a Constraint's calls schema; its `payload` rule is the call."""
+    return _FunctionGemmaGrammar().build(schema)
+
+
+def _count(value: Any) -> int | None:
+    """A schema's minLength/maxItems-like bound, or None when it is missing or not a count."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _functiongemma_literal(value: Any) -> str:
+    if isinstance(value, str):
+        return f"<escape>{value}<escape>"
+    return json.dumps(value)
 
 
 # --- what the inference service does with a request's tools ------------------------------------------
