@@ -244,7 +244,9 @@ def test_the_constraint_of_a_forced_call():
     mistral = tool_constraint(MISTRAL, TOOLS, {"name": "add"})
     assert mistral.prefix == "[TOOL_CALLS]" and mistral.schema["type"] == "array" and mistral.schema["maxItems"] == 1
     assert tool_constraint(HERMES, TOOLS, "auto") is None
-    assert tool_constraint(FUNCTIONGEMMA, TOOLS, "required") is None  # not JSON: parsed, not enforced
+    functiongemma = tool_constraint(FUNCTIONGEMMA, TOOLS, "required")  # not JSON: the core's grammar of it
+    assert functiongemma.syntax == "functiongemma" and required.syntax == "json"
+    assert (functiongemma.prefix, functiongemma.suffix) == ("<start_function_call>", "<end_function_call>")
 
 
 def test_the_plan_of_a_request():
