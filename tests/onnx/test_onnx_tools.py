@@ -12,34 +12,13 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from support.tools import ADD, WEATHER
 
 from modelyard.runtime.contract import Completion, Constraint, Done, TextDelta
 from modelyard.runtime.options import Options
 from modelyard_onnx.engine import Engine, constraint_lark, open_model
 
 HERMES_TEMPLATE = (Path(__file__).parent.parent / "tools" / "hermes.gotmpl").read_text()
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 20}},
-            "required": ["city"],
-        },
-    },
-}
-ADD = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-            "required": ["a", "b"],
-        },
-    },
-}
 SCHEMAS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in (WEATHER, ADD)}
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 CALL_BUDGET = 200  # the grammar ends the call well before this

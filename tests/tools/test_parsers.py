@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from support.tools import ADD
 
 from modelyard.errors import BadRequest
 from modelyard.runtime.contract import TextDelta, ToolCallEvent
@@ -38,17 +39,7 @@ TOOLS = [
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
         },
     },
-    {
-        "type": "function",
-        "function": {
-            "name": "add",
-            "parameters": {
-                "type": "object",
-                "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-                "required": ["a", "b"],
-            },
-        },
-    },
+    ADD,
 ]
 PARIS = ("get_weather", {"city": "Paris"})
 

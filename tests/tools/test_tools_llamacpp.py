@@ -19,36 +19,13 @@ import ollama
 import openai
 import pytest
 from support.models import SMOLLM2
+from support.tools import ADD, WEATHER
 
 from modelyard.runtime.contract import Constraint
 from modelyard.store.bundled import smollm2_gguf
 from modelyard_llamacpp import constraint_gbnf
 
 MODEL = "hermes-smol"
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 20}},
-            "required": ["city"],
-        },
-    },
-}
-ADD = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two integers",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-            "required": ["a", "b"],
-        },
-    },
-}
 TOOLS = [WEATHER, ADD]
 SCHEMAS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
