@@ -4,8 +4,9 @@ SmolLM2 (int8, built once and cached), greedy, in one run; nothing is asserted:
     uv run python tests/benchmarks/onnx_engine_batching.py [--tokens 64] [--rounds 2]
 
 Prints tokens/s for one request through the Generator (what the onnx backend runs today), and for 1, 2 and
-4 concurrent requests through the Engine (all tokens over the time to the last one). docs/onnx.md says
-why the backend keeps the Generator.
+4 concurrent requests through the Engine (all tokens over the time to the last one); then what happens to
+requests that arrive while another decodes: the step at which they get their first token, and the longest
+step. docs/onnx.md says why the backend keeps the Generator.
 """
 
 from __future__ import annotations
@@ -60,6 +61,39 @@ def engine_rate(engine: og.Engine, tokenizer: og.Tokenizer, streams: int, tokens
     return count / elapsed
 
 
+def late_arrivals(engine: og.Engine, tokenizer: og.Tokenizer, tokens: int) -> tuple[int, int, float]:
+    """One request decodes; three more arrive at its 5th step. Returns (the step the first one's turn ended,
+    the step the late ones got their first token, the longest step in seconds)."""
+
+    def begin(index: int, count: int) -> og.Request:
+        request = engine.create_request()
+        options = og.TurnOptions(request)
+        options.set_do_sample(False)
+        options.set_max_generated_tokens(count)
+        request.begin_turn(numpy.asarray(prompt(tokenizer, 10 + index), dtype=numpy.int32), options)
+        return request
+
+    first = begin(0, tokens)
+    late: list[og.Request] = []
+    events = engine.create_event_buffer(64)
+    step, first_ended, late_started, longest = 0, 0, 0, 0.0
+    while engine.has_pending_requests():
+        started = time.perf_counter()
+        happened = list(engine.run(events))
+        longest = max(longest, time.perf_counter() - started)
+        step += 1
+        for event in happened:
+            if event.request is first and event.flags & og.EngineEventFlags.TURN_FINISHED:
+                first_ended = step
+            if any(event.request is request for request in late) and not late_started:
+                late_started = step
+        if step == 5:
+            late = [begin(index, 8) for index in range(1, 4)]
+    for request in [first, *late]:
+        request.close()
+    return first_ended, late_started, longest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=64)
@@ -81,6 +115,12 @@ def main() -> None:
     print("| path | tokens/s (median) | x the Generator |\n|---|---|---|")
     for name, rates in rows.items():
         print(f"| {name} | {statistics.median(rates):.1f} | {statistics.median(rates) / single:.2f} |")
+    # A fresh Engine: a batch size it has not run yet shows its first-run cost.
+    ended, started, longest = late_arrivals(og.Engine(model), tokenizer, arguments.tokens)
+    print(
+        f"late arrivals (step 5, while one request decodes {arguments.tokens} tokens): first token at step "
+        f"{started}; the running request's turn ended at step {ended}; longest step {longest:.2f} s"
+    )
     print(f"load average: {' '.join(f'{value:.1f}' for value in os.getloadavg())} on {os.cpu_count()} cores")
 
 
