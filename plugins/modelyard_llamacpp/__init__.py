@@ -507,7 +507,7 @@ def strict_json_strings(gbnf: str) -> str:
     3 of 8 at temperature 1); llama.cpp's own converter, and so Ollama's grammar, excludes them."""
     loose, strict = r'[^"\\] |', r'[^"\\\x7F\x00-\x1F] |'
     return "\n".join(
-        line.replace(loose, strict, 1) if re.match(r"char(-\d+)? ::= ", line) else line for line in gbnf.split("\n")
+        line.replace(loose, strict, 1) if re.match(r"char\d* ::= ", line) else line for line in gbnf.split("\n")
     )
 
 

@@ -10,6 +10,7 @@ for the module; each request is short. The 20-try loop per tool_choice value is 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 
@@ -321,6 +322,14 @@ def test_tool_choice_holds_20_of_20(client, choice):
     seconds = time.perf_counter() - started
     print(f"tool_choice {choice}: {held}/20 held, {seconds:.1f} s ({seconds / 20:.2f} s a request)", flush=True)
     assert held == 20
+
+
+def test_the_grammars_json_strings_exclude_control_characters():
+    """The patch on llama-cpp-python's converter is in place (a converter that renamed its rule would
+    otherwise leave the hole open without a word)."""
+    gbnf = constraint_gbnf(Constraint(schema={"type": "object", "properties": {"a": {"type": "string"}}}))
+    rules = [line for line in gbnf.splitlines() if re.match(r"char\d* ::= ", line)]
+    assert rules and all(r'[^"\\\x7F\x00-\x1F]' in line for line in rules), rules
 
 
 def test_sampled_json_strings_hold_no_raw_control_characters(http):

@@ -13,6 +13,7 @@ import re
 import jsonschema
 import pytest
 
+from modelyard.errors import BadRequest
 from modelyard.runtime import grammar
 from modelyard.runtime.contract import ToolCallEvent
 from modelyard.runtime.tools import FUNCTIONGEMMA, ToolCallParser, functiongemma_grammar, tool_constraint
@@ -74,6 +75,9 @@ BOOK = tool(
             "budget": {"type": "number"},
             "breakfast": {"type": "boolean"},
             "room": {"enum": ["single", "double", 3]},
+            # null and 1e+20 would come back as strings, {"k": 1} as another object: left out.
+            "mode": {"enum": [None, 1e20, {"k": 1}, "fast", 2.5]},
+            "pair": {"type": "array", "items": {"type": "integer"}, "maxItems": 1},
             "guests": {"type": "array", "items": {"type": "string", "maxLength": 6}, "maxItems": 2},
             "dates": {
                 "type": "object",
@@ -149,6 +153,45 @@ def test_every_call_the_grammar_allows_parses_back_into_valid_arguments():
         jsonschema.validate(call.arguments, schemas[call.name])
         names.add(call.name)
     assert names == set(schemas)
+
+
+def test_only_enum_values_that_read_back_are_allowed():
+    pattern = call_pattern([BOOK], {"name": "book"})
+    base = "call:book{city:<escape>Rome<escape>,nights:2,"
+    assert pattern.fullmatch(base + "mode:<escape>fast<escape>}") and pattern.fullmatch(base + "mode:2.5}")
+    for written in ("null", "1e+20", '{"k": 1}'):
+        assert not pattern.fullmatch(base + f"mode:{written}}}")
+
+
+def test_a_list_of_at_most_one_is_spelled_without_an_empty_repeat():
+    """llguidance refuses `{0,0}` (GBNF takes it): a list of at most one item has no repeat at all."""
+    rules = functiongemma_grammar(tool_constraint(FUNCTIONGEMMA, [BOOK], "required").schema)
+    assert "{0,0}" not in grammar.to_lark(rules) and "{0,0}" not in grammar.to_gbnf(rules)
+    pattern = call_pattern([BOOK], "required")
+    base = "call:book{city:<escape>Rome<escape>,nights:2,"
+    assert pattern.fullmatch(base + "pair:[]}") and pattern.fullmatch(base + "pair:[7]}")
+    assert not pattern.fullmatch(base + "pair:[7,8]}")
+
+
+def test_bounds_below_their_minimum_are_raised_to_it():
+    odd = tool("odd", {"type": "object", "properties": {"s": {"type": "string", "minLength": 3, "maxLength": 1}}})
+    pattern = call_pattern([odd])
+    assert pattern.fullmatch("call:odd{s:<escape>abc<escape>}") and not pattern.fullmatch(
+        "call:odd{s:<escape>a<escape>}"
+    )
+
+
+@pytest.mark.parametrize(
+    "tools",
+    [
+        [tool("f", {"type": "object", "properties": {"a:b": {"type": "integer"}}})],
+        [tool("f", {"type": "object", "properties": {"x,y": {"type": "integer"}}})],
+        [tool("my tool", {"type": "object", "properties": {}})],
+    ],
+)
+def test_names_the_syntax_cannot_hold_are_a_400(tools):
+    with pytest.raises(BadRequest, match="FunctionGemma's call syntax cannot hold"):
+        tool_constraint(FUNCTIONGEMMA, tools, "required")
 
 
 def test_gbnf_and_lark_spellings():

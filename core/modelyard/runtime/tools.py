@@ -46,8 +46,7 @@ class CallSyntax(msgspec.Struct, frozen=True, kw_only=True):
     body: str = "json"  # "json", "mistral" (JSON or name[ARGS]{...}), "python" or "functiongemma"
     arguments_key: str = "arguments"  # the key the family writes its arguments under
     # The grammar of one forced call: prefix, the call (a one-item JSON list when `as_list`), suffix.
-    # None: no grammar forces this family's calls.
-    grammar_prefix: str | None = ""
+    grammar_prefix: str = ""
     grammar_suffix: str = ""
     as_list: bool = False
 
@@ -169,9 +168,8 @@ def normalize_tool_choice(choice: Any, tools: list[dict[str, Any]] | None) -> st
 def tool_constraint(
     syntax: CallSyntax, tools: list[dict[str, Any]], choice: str | dict[str, Any] | None, after: str = ""
 ) -> Constraint | None:
-    """The grammar of a forced call ("required": any of the tools; a name: that one), or None (auto, or a
-    family whose call syntax is not JSON)."""
-    if syntax.grammar_prefix is None or not (choice == "required" or isinstance(choice, dict)):
+    """The grammar of a forced call ("required": any of the tools; a name: that one), or None (auto)."""
+    if not (choice == "required" or isinstance(choice, dict)):
         return None
     wanted = choice.get("name") if isinstance(choice, dict) else None
     calls = []
@@ -191,6 +189,8 @@ def tool_constraint(
     schema: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
     if syntax.as_list:
         schema = {"type": "array", "items": schema, "minItems": 1, "maxItems": 1}
+    if syntax.body == "functiongemma":
+        functiongemma_grammar(schema)  # a name or key its syntax cannot hold is a 400 now, not a 500 later
     return Constraint(
         schema=schema,
         prefix=syntax.grammar_prefix,
@@ -513,7 +513,9 @@ class _FunctionGemmaGrammar:
     """The grammar of one FunctionGemma call, `call:name{key:value,...}`, from the calls' schema that
     `tool_constraint` builds (one call object, or anyOf of them): keys in the schema's order, strings
     between `<escape>` marks (without `<`, so a string cannot end early), numbers and booleans bare, lists
-    in brackets, objects in braces. Other schemas (anyOf, null...) take a string."""
+    in brackets, objects in braces (`{}` when the schema lists no properties). Other schemas (anyOf,
+    null...) take a string. Only what the parser reads back is allowed: enum values that do not survive
+    the round trip are left out, and a name or key holding the syntax's own delimiters is a 400."""
 
     def __init__(self) -> None:
         self.rules: grammar.Grammar = {}
@@ -523,7 +525,7 @@ class _FunctionGemmaGrammar:
         options = []
         for call in calls:
             properties = call["properties"]
-            name = properties["name"]["const"]
+            name = _functiongemma_name(properties["name"]["const"], "tool name")
             options.append(grammar.Sequence((grammar.Text(f"call:{name}"), self.object(properties["arguments"]))))
         self.rules = {"payload": grammar.Choice(tuple(options)), **self.rules}
         return self.rules
@@ -538,7 +540,11 @@ class _FunctionGemmaGrammar:
         kind = schema.get("type")
         if "enum" in schema or "const" in schema:
             values = schema["enum"] if "enum" in schema else [schema["const"]]
-            return grammar.Choice(tuple(grammar.Text(_functiongemma_literal(value)) for value in values))
+            literals = [_functiongemma_literal(value) for value in values] if isinstance(values, list) else []
+            kept = [text for text, value in zip(literals, values or [], strict=False) if _reads_back(text, value)]
+            if kept:
+                return grammar.Choice(tuple(grammar.Text(text) for text in kept))
+            schema, kind = {}, None  # nothing the parser reads back as given: a string
         if kind == "integer":
             return grammar.Sequence((grammar.Optional(grammar.Text("-")), grammar.Chars("0-9", 1, 16)))
         if kind == "number":
@@ -547,18 +553,20 @@ class _FunctionGemmaGrammar:
         if kind == "boolean":
             return grammar.Choice((grammar.Text("true"), grammar.Text("false")))
         if kind == "array":
-            least, most = _count(schema.get("minItems")) or 0, _count(schema.get("maxItems"))
+            least, most = _bounds(schema.get("minItems"), schema.get("maxItems"))
             if most == 0:
                 return grammar.Text("[]")
             item = self.rule(self.value(schema.get("items")))
-            more = grammar.Repeated(
-                grammar.Sequence((grammar.Text(","), item)), max(least - 1, 0), None if most is None else most - 1
-            )
-            items: grammar.Expression = grammar.Sequence((item, more))
+            items: grammar.Expression = item
+            if most != 1:  # llguidance refuses a repeat of at most 0
+                more = grammar.Sequence((grammar.Text(","), item))
+                items = grammar.Sequence(
+                    (item, grammar.Repeated(more, max(least - 1, 0), None if most is None else most - 1))
+                )
             return grammar.Sequence((grammar.Text("["), items if least else grammar.Optional(items), grammar.Text("]")))
         if kind == "object":
             return self.object(schema)
-        text = grammar.Chars("^<", _count(schema.get("minLength")) or 0, _count(schema.get("maxLength")))
+        text = grammar.Chars("^<", *_bounds(schema.get("minLength"), schema.get("maxLength")))
         return grammar.Sequence((grammar.Text("<escape>"), text, grammar.Text("<escape>")))
 
     def object(self, schema: Any) -> grammar.Rule:
@@ -567,7 +575,10 @@ class _FunctionGemmaGrammar:
         properties = schema.get("properties") or {}
         required = set(schema.get("required") or [])
         pairs = [
-            (grammar.Sequence((grammar.Text(f"{key}:"), self.value(value))), key in required)
+            (
+                grammar.Sequence((grammar.Text(f"{_functiongemma_name(key, 'argument name')}:"), self.value(value))),
+                key in required,
+            )
             for key, value in properties.items()
         ]
         first_required = next((index for index, (_, needed) in enumerate(pairs) if needed), None)
@@ -599,9 +610,34 @@ def functiongemma_grammar(schema: dict[str, Any]) -> grammar.Grammar:
     return _FunctionGemmaGrammar().build(schema)
 
 
-def _count(value: Any) -> int | None:
-    """A schema's minLength/maxItems-like bound, or None when it is missing or not a count."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+def _bounds(least: Any, most: Any) -> tuple[int, int | None]:
+    """A schema's minLength/maxLength (or minItems/maxItems) as counts: a missing or invalid bound is none,
+    and a maximum below the minimum is raised to it."""
+
+    def count(value: Any) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+    low, high = count(least) or 0, count(most)
+    return low, None if high is None else max(high, low)
+
+
+# What a FunctionGemma name or key may hold: none of the call syntax's own delimiters, no spaces.
+_FUNCTIONGEMMA_NAME = re.compile(r"[^:,{}\[\]<\s]+")
+
+
+def _functiongemma_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not _FUNCTIONGEMMA_NAME.fullmatch(name):
+        raise BadRequest(
+            f"tool_choice cannot be enforced for this model: FunctionGemma's call syntax cannot hold the "
+            f"{what} {json.dumps(name)} (no spaces or any of : , {{ }} [ ] <)"
+        )
+    return name
+
+
+def _reads_back(text: str, value: Any) -> bool:
+    """Whether FunctionGemma's parser reads `text` back as `value`, of the same type."""
+    parsed = _functiongemma_value(text)
+    return type(parsed) is type(value) and parsed == value
 
 
 def _functiongemma_literal(value: Any) -> str:
