@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -27,7 +28,7 @@ TIMEOUT = 60
 class Terminal:
     """`modelyard run MODEL` in a pseudo-terminal."""
 
-    def __init__(self, server_url: str, home: Path, *args: str) -> None:
+    def __init__(self, server_url: str, home: Path, *args: str, preexec_fn: Callable[[], None] | None = None) -> None:
         # HOME: the session's history file goes to ~/.modelyard/history.
         env = {**os.environ, "OLLAMA_HOST": server_url, "TERM": "xterm", "HOME": str(home)}
         env.pop("OLLAMA_NOHISTORY", None)
@@ -38,6 +39,7 @@ class Terminal:
             encoding="utf-8",
             timeout=TIMEOUT,
             dimensions=(40, 200),
+            preexec_fn=preexec_fn,
         )
         self.child.expect_exact(PROMPT)
         # The echo backend counts the model's SYSTEM message too (the bundled SmolLM2 has Ollama's).
@@ -169,6 +171,25 @@ def test_ctrl_c_stops_the_answer_and_keeps_the_session(echo_terminal):
     output = echo_terminal.send("next")
     assert "next\n\n" in output
     assert echo_terminal.prompt_tokens(output) == 301
+
+
+def test_ctrl_c_works_when_started_with_sigint_ignored(echo_server, tmp_path):
+    """A shell's background job (a script's `cmd &`, nohup) starts with SIGINT ignored; a session at a
+    terminal still stops its answer on Ctrl+C."""
+    terminal = Terminal(
+        echo_server.url, tmp_path, MODEL, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)
+    )
+    try:
+        child = terminal.child
+        words = [f"w{i}" for i in range(300)]
+        child.sendline(" ".join(words))
+        child.expect_exact(words[-1] + "\r\n")  # the typed line's echo
+        child.expect(r"\bw3\b")  # the answer is streaming
+        child.sendintr()
+        child.expect_exact(PROMPT)
+        assert "w299" not in child.before
+    finally:
+        terminal.close()
 
 
 def test_ctrl_c_at_an_empty_prompt_says_how_to_leave_and_ctrl_d_leaves(echo_terminal):

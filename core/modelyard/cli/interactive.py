@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -681,6 +682,10 @@ def run_model(client: Client, args: argparse.Namespace) -> int:
     Piped stdin is read and put before the prompt's words; with a prompt, piped stdin or stdout going to
     a file or pipe, the model answers once (through /api/generate, as Ollama does), else a session starts.
     """
+    if sys.stdin.isatty():
+        # Ctrl+C comes from the user at this terminal: it stops an answer even when whatever started us
+        # ignored SIGINT (a script's background job, nohup), which Python would otherwise keep ignoring.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _run_model(client, args)
     except KeyboardInterrupt:  # while the model loads, or during a one-shot answer's first wait
