@@ -155,17 +155,23 @@ def test_answers_end_with_an_empty_line(echo_terminal):
     assert output.endswith("one two three\n\n")
 
 
-def test_ctrl_c_stops_the_answer_and_keeps_the_session(echo_terminal):
-    """Ctrl+C drops the partial answer and keeps the question in the session, as Ollama does."""
-    child = echo_terminal.child
-    words = [f"w{i}" for i in range(300)]  # 15 s of answer at the echo server's 0.05 s a word
+def interrupt_a_long_answer(child: pexpect.spawn) -> str:
+    """Ask for a 300-word echo (15 s at the echo server's 0.05 s a word), press Ctrl+C once it streams, and
+    return what was printed until the next prompt."""
+    words = [f"w{i}" for i in range(300)]
     child.sendline(" ".join(words))
     child.expect_exact(words[-1] + "\r\n")  # the typed line's echo
     child.expect(r"\bw3\b")  # the answer is streaming
     child.sendintr()
     child.expect_exact(PROMPT)
-    assert "w299" not in child.before
-    assert "Use Ctrl + d" not in child.before
+    return child.before
+
+
+def test_ctrl_c_stops_the_answer_and_keeps_the_session(echo_terminal):
+    """Ctrl+C drops the partial answer and keeps the question in the session, as Ollama does."""
+    printed = interrupt_a_long_answer(echo_terminal.child)
+    assert "w299" not in printed
+    assert "Use Ctrl + d" not in printed
     echo_terminal.send("/set verbose")
     # The next message works; the conversation is the 300-word question (no answer) and "next".
     output = echo_terminal.send("next")
@@ -180,14 +186,7 @@ def test_ctrl_c_works_when_started_with_sigint_ignored(echo_server, tmp_path):
         echo_server.url, tmp_path, MODEL, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)
     )
     try:
-        child = terminal.child
-        words = [f"w{i}" for i in range(300)]
-        child.sendline(" ".join(words))
-        child.expect_exact(words[-1] + "\r\n")  # the typed line's echo
-        child.expect(r"\bw3\b")  # the answer is streaming
-        child.sendintr()
-        child.expect_exact(PROMPT)
-        assert "w299" not in child.before
+        assert "w299" not in interrupt_a_long_answer(terminal.child)
     finally:
         terminal.close()
 
