@@ -5,15 +5,13 @@ expectations/llama-server.yaml); and modelyard itself passing every one of them.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from benchmarks.llama_server_build import llama_server as build_llama_server
+from support.external import external_server
 from support.suite import every_test
 
 from modelyard.store.bundled import smollm2_gguf
@@ -34,34 +32,13 @@ def known_gaps(name: str) -> list[str]:
     return sorted(test for test in openai_tests() if test.split("[")[0] in gaps)
 
 
-def serve(command: list[str], log_path: Path) -> Iterator[str]:
-    """Start an OpenAI-compatible server on the port `command` names; its URL once /v1/models answers."""
-    port = command[command.index("--port") + 1]
-    url = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and process.poll() is None:
-                try:
-                    if httpx.get(url + "/v1/models", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
-            else:
-                raise RuntimeError(f"{command[0]} did not start: {log_path.read_text()[-2000:]}")
-            yield url
-        finally:
-            process.terminate()
-            process.wait(15)
-
-
 @pytest.fixture(scope="module")
 def llama_cpp_python_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--model_alias", ALIAS]
     # interrupt_requests false: by default a new request cuts the stream still running (the suite hangs up on some).
     command += ["--port", str(free_port()), "--n_ctx", "2048", "--verbose", "false", "--interrupt_requests", "false"]
-    yield from serve(command, tmp_path_factory.mktemp("llama-cpp-python") / "server.log")
+    with external_server(command, tmp_path_factory.mktemp("llama-cpp-python") / "server.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +47,8 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = build_llama_server()
     command = [str(binary), "--model", str(smollm2_gguf()), "--alias", ALIAS, "--port", str(free_port())]
     command += ["--host", "127.0.0.1", "--ctx-size", "2048", "--threads", "2", "--parallel", "1"]
-    yield from serve(command, tmp_path_factory.mktemp("llama-server") / "server.log")
+    with external_server(command, tmp_path_factory.mktemp("llama-server") / "server.log") as url:
+        yield url
 
 
 def test_modelyard_passes_every_openai_case_and_the_mode_runs_nothing_else(suite, tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ kind on two cores, runs with `-m upstream_suite`.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from routing import SMOLLM2, pool, router
+from support.external import external_server
 from support.suite import SuiteRun, every_test, run_suite
 
 from modelyard.store.bundled import smollm2_gguf
@@ -78,24 +78,8 @@ def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
     command = [str(llama_server()), "-m", str(smollm2_gguf()), "--alias", ALIAS, "--host", "127.0.0.1"]
     command += ["--port", str(port), "-np", "4", "-c", "8192", "--jinja", "--no-webui"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and process.poll() is None:
-                try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            else:
-                raise RuntimeError(f"llama-server did not start: {log_path.read_text()[-2000:]}")
-            yield url
-        finally:
-            process.terminate()
-            process.wait(15)
+    with external_server(command, log_path, ready_path="/health") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

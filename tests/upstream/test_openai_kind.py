@@ -4,16 +4,15 @@ the server gives to the same request in OpenAI's terms."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import ollama
 import pytest
 from routing import pool, router
+from support.external import external_server
 
 from modelyard.store.bundled import smollm2_gguf
 from modelyard_conformance.launcher import ServerProcess, free_port
@@ -26,27 +25,11 @@ GREEDY = {"temperature": 0, "num_predict": 16}
 @pytest.fixture(scope="module")
 def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
-    log = open(tmp_path_factory.mktemp("llama-cpp-server") / "server.log", "wb")
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--model_alias", ALIAS]
     # interrupt_requests false: by default any new request (the router's probes too) cuts the running stream.
     command += ["--port", str(port), "--n_ctx", "2048", "--verbose", "false", "--interrupt_requests", "false"]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx.get(url + "/v1/models", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError(f"llama_cpp.server did not start: {Path(log.name).read_text()[-2000:]}")
+    with external_server(command, tmp_path_factory.mktemp("llama-cpp-server") / "server.log") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(15)
-        log.close()
 
 
 @pytest.fixture(scope="module")
