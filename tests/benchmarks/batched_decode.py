@@ -1,7 +1,7 @@
 """What llama-cpp-python's batched decode gains by itself, with no server: the ceiling for issue 11's
 "N streams over one stream" ratio. Nothing is asserted:
 
-    uv run python tests/benchmarks/batched_decode.py [--sequences 1 2 4 8] [--steps 64] [--threads 2]
+    uv run python tests/benchmarks/batched_decode.py [--sequences 1 2 4 8] [--steps 64] [--threads 2] [--flash-attn on|off]
 
 For each N, a context with N sequences (a KV stream each, as the llama.cpp backend makes it) evaluates N
 copies of a chat prompt, then times `--steps` decode steps of one token per sequence (greedy by argmax).
@@ -24,9 +24,11 @@ from modelyard_llamacpp import default_threads
 PROMPT = b"<|im_start|>user\nWrite a long story about a dragon.<|im_end|>\n<|im_start|>assistant\n"
 
 
-def step_seconds(sequences: int, steps: int, threads: int) -> float:
+def step_seconds(sequences: int, steps: int, threads: int, flash_attn: bool) -> float:
     lib = llama_cpp.llama_cpp
-    llm = llama_cpp.Llama(str(smollm2_gguf()), n_ctx=64, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = llama_cpp.Llama(
+        str(smollm2_gguf()), n_ctx=64, n_threads=threads, n_threads_batch=threads, flash_attn=flash_attn, verbose=False
+    )
     params = type(llm.context_params).from_buffer_copy(llm.context_params)
     params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 2048 * sequences, 512, 512, sequences
     params.kv_unified = False
@@ -71,11 +73,14 @@ def main() -> None:
     parser.add_argument("--sequences", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument(
+        "--flash-attn", choices=["on", "off"], default="on", help="as the llama.cpp backend (default on)"
+    )
     arguments = parser.parse_args()
     print("| sequences | ms per step | tokens/s | x 1 sequence |\n|---:|---:|---:|---:|")
     single = None
     for sequences in arguments.sequences:
-        seconds = step_seconds(sequences, arguments.steps, arguments.threads)
+        seconds = step_seconds(sequences, arguments.steps, arguments.threads, arguments.flash_attn == "on")
         rate = sequences / seconds
         single = single or rate
         print(f"| {sequences} | {1000 * seconds:.2f} | {rate:.1f} | {rate / single:.2f} |")

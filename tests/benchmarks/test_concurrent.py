@@ -27,7 +27,7 @@ TOKENS = 64
 def test_concurrent_streams(benchmark, streams, tmp_path):
     engines = list(bench.ENGINES)  # raw llama-cpp-python runs at 1 stream only; engines not here are skipped
     results = benchmark.pedantic(
-        lambda: bench.measure(engines, [streams], TOKENS, default_threads()), rounds=1, iterations=1
+        lambda: bench.measure(engines, [streams], TOKENS, bench.Setup(default_threads())), rounds=1, iterations=1
     )
     print("\n" + bench.table(results))
     by_engine = {result.engine: result for result in results}

@@ -82,7 +82,12 @@ def test_decode_rate_and_first_token_against_raw_llama_cpp(benchmark, server):
 
     prompt = rendered_prompt()
     llm = Llama(
-        str(smollm2_gguf()), n_ctx=4096, n_threads=default_threads(), n_threads_batch=default_threads(), verbose=False
+        str(smollm2_gguf()),
+        n_ctx=4096,
+        n_threads=default_threads(),
+        n_threads_batch=default_threads(),
+        flash_attn=True,  # as the llama.cpp backend's default
+        verbose=False,
     )
     time_server(server.url, prompt)  # warm-up: load the model
     time_raw(llm, prompt)
