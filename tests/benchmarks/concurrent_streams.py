@@ -125,6 +125,11 @@ def summarise(engine: str, every: list[Stream]) -> Result:
     )
 
 
+def median_round(rounds: list[Result]) -> Result:
+    """The round with the median aggregate tokens/s: one short round on a shared machine is mostly noise."""
+    return sorted(rounds, key=lambda result: result.aggregate)[(len(rounds) - 1) // 2]
+
+
 def run_concurrently(request: Callable[[str, Stream], None], texts: list[str]) -> list[Stream]:
     """Start one thread per prompt at the same moment; each fills its Stream's time stamps."""
     barrier = threading.Barrier(len(texts))
@@ -181,9 +186,10 @@ class Setup:
 
     threads: int
     flash_attn: bool = True  # modelyard's default, and what llama-server's `auto` picks on CPU
+    rounds: int = 3  # measured rounds per row, after one warm-up round; the row is the median round
 
 
-def modelyard(streams: int, tokens: int, setup: Setup, scratch: Path) -> list[Stream]:
+def modelyard(streams: int, tokens: int, setup: Setup, scratch: Path) -> list[list[Stream]]:
     env = {"MODELYARD_BACKENDS": "llamacpp", "MODELYARD_BUNDLED_MODELS": MODEL, "OLLAMA_NUM_PARALLEL": str(streams)}
     env["MODELYARD_LLAMACPP_FLASH_ATTN"] = str(setup.flash_attn).lower()
     options = {"temperature": 0, "num_predict": tokens, "num_ctx": CONTEXT, "num_thread": setup.threads}
@@ -197,15 +203,15 @@ def modelyard(streams: int, tokens: int, setup: Setup, scratch: Path) -> list[St
                         stream.stamps.append(time.perf_counter())
 
         run_concurrently(request, prompts(streams))  # warm-up: the model loads with `streams` slots
-        return run_concurrently(request, prompts(streams))
+        return [run_concurrently(request, prompts(streams)) for _ in range(setup.rounds)]
 
 
 def openai_like_server(
     command: Callable[[int], list[str]], name: str, ready: str, completion: str
-) -> Callable[[int, int, Setup, Path], list[Stream]]:
+) -> Callable[[int, int, Setup, Path], list[list[Stream]]]:
     """llama-server's /completion or llama-cpp-python's /v1/completions, streamed as server-sent events."""
 
-    def measure(streams: int, tokens: int, setup: Setup, scratch: Path) -> list[Stream]:
+    def measure(streams: int, tokens: int, setup: Setup, scratch: Path) -> list[list[Stream]]:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         with (
@@ -225,7 +231,7 @@ def openai_like_server(
                             stream.stamps.append(time.perf_counter())
 
             run_concurrently(request, prompts(streams))
-            return run_concurrently(request, prompts(streams))
+            return [run_concurrently(request, prompts(streams)) for _ in range(setup.rounds)]
 
     return measure
 
@@ -270,7 +276,7 @@ def llama_cpp_python_command(port: int) -> list[str]:
     return [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--port", str(port)]
 
 
-def raw_llama_cpp(streams: int, tokens: int, setup: Setup, scratch: Path) -> list[Stream]:
+def raw_llama_cpp(streams: int, tokens: int, setup: Setup, scratch: Path) -> list[list[Stream]]:
     """llama-cpp-python in this process: one stream only (it serves one request at a time)."""
     from llama_cpp import Llama
 
@@ -287,15 +293,18 @@ def raw_llama_cpp(streams: int, tokens: int, setup: Setup, scratch: Path) -> lis
         (prompt,) = prompts(1)
         llm.create_completion(prompt, max_tokens=4, temperature=0)  # warm-up: its cache keeps the prompt, as the
         # servers' caches do for their measured round
-        stream = Stream(time.perf_counter())
-        for _ in llm.create_completion(prompt, max_tokens=tokens, temperature=0, stream=True):
-            stream.stamps.append(time.perf_counter())
-        return [stream]
+        rounds = []
+        for _ in range(setup.rounds):
+            stream = Stream(time.perf_counter())
+            for _ in llm.create_completion(prompt, max_tokens=tokens, temperature=0, stream=True):
+                stream.stamps.append(time.perf_counter())
+            rounds.append([stream])
+        return rounds
     finally:
         llm.close()
 
 
-ENGINES: dict[str, Callable[[int, int, Setup, Path], list[Stream]]] = {
+ENGINES: dict[str, Callable[[int, int, Setup, Path], list[list[Stream]]]] = {
     "modelyard": modelyard,
     "llama-server": openai_like_server(llama_server_command, "llama-server", "/health", "/completion"),
     "llama-cpp-python server": openai_like_server(
@@ -329,11 +338,11 @@ def measure(engines: list[str], counts: list[int], tokens: int, setup: Setup, *,
                     print(f"skipped {engine}: {reason}", file=sys.stderr)
                     continue
                 try:
-                    streams = ENGINES[engine](count, tokens, setup, Path(scratch))
+                    rounds = ENGINES[engine](count, tokens, setup, Path(scratch))
                 except Exception as exc:  # one engine failing (a lost stream) is a result too
                     print(f"{engine} with {count} streams failed: {exc!r}", file=sys.stderr)
                     continue
-                results.append(summarise(engine, streams))
+                results.append(median_round([summarise(engine, streams) for streams in rounds]))
                 print(results[-1], file=sys.stderr)
     return results
 
@@ -367,7 +376,9 @@ def ratios(results: list[Result]) -> list[str]:
         lines.append(f"modelyard {count} streams, slowest / fastest stream: {ours.fairness:.2f} (target >= 0.67)")
     raw = found.get(("llama-cpp-python (raw)", 1))
     if single and raw:
-        lines.append(f"modelyard / raw llama-cpp-python, 1 stream's decode: {single.decode / raw.decode:.2f}x (>= 0.97)")
+        lines.append(
+            f"modelyard / raw llama-cpp-python, 1 stream's decode: {single.decode / raw.decode:.2f}x (>= 0.97)"
+        )
         lines.append(f"time to first token, modelyard - raw: {(single.ttft_p50 - raw.ttft_p50) * 1e3:+.0f} ms (<= 10)")
     return lines
 
@@ -430,6 +441,7 @@ def main() -> None:
     parser.add_argument(
         "--flash-attn", choices=["on", "off"], default="on", help="every engine's attention kernel (default on)"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds per row; the median one is shown")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--build-llama-server", action="store_true", help="build llama-server first when missing")
     parser.add_argument("--copy-cost", action="store_true", help="only measure the prefix copy's cost")
@@ -437,7 +449,7 @@ def main() -> None:
     if arguments.copy_cost:
         print(copy_cost(arguments.threads))
         return
-    setup = Setup(arguments.threads, flash_attn=arguments.flash_attn == "on")
+    setup = Setup(arguments.threads, flash_attn=arguments.flash_attn == "on", rounds=arguments.rounds)
     results = measure(arguments.engines, arguments.streams, arguments.tokens, setup, build=arguments.build_llama_server)
     print(table(results))
     print("\n".join(ratios(results)))
