@@ -37,8 +37,8 @@ def llama_cpp_python_server(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--model_alias", ALIAS]
     # interrupt_requests false: by default a new request cuts the stream still running (the suite hangs up on some).
     command += ["--port", str(free_port()), "--n_ctx", "2048", "--verbose", "false", "--interrupt_requests", "false"]
-    with external_server(command, tmp_path_factory.mktemp("llama-cpp-python") / "server.log") as url:
-        yield url
+    with external_server(command, tmp_path_factory.mktemp("llama-cpp-python") / "server.log") as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,8 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = build_llama_server()
     command = [str(binary), "--model", str(smollm2_gguf()), "--alias", ALIAS, "--port", str(free_port())]
     command += ["--host", "127.0.0.1", "--ctx-size", "2048", "--threads", "2", "--parallel", "1"]
-    with external_server(command, tmp_path_factory.mktemp("llama-server") / "server.log") as url:
-        yield url
+    with external_server(command, tmp_path_factory.mktemp("llama-server") / "server.log") as server:
+        yield server.url
 
 
 def test_modelyard_passes_every_openai_case_and_the_mode_runs_nothing_else(suite, tmp_path: Path) -> None:

@@ -7,15 +7,23 @@ import contextlib
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 
+@dataclass
+class External:
+    url: str
+    process: subprocess.Popen[bytes]  # for the tests that kill or pause it
+
+
 @contextlib.contextmanager
-def external_server(command: list[str], log_path: Path, ready_path: str = "/v1/models") -> Iterator[str]:
-    """Run `command` (which names its port with `--port`) and give its URL once `ready_path` answers 200;
-    the process ends with the block. The log's end is in the error when it does not start in 120 s."""
+def external_server(command: list[str], log_path: Path, ready_path: str = "/v1/models") -> Iterator[External]:
+    """Run `command` (which names its port with `--port`) and give its URL and process once `ready_path`
+    answers 200; the process ends with the block. The log's end is in the error when it does not start in
+    120 s."""
     port = command[command.index("--port") + 1]
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
@@ -29,7 +37,7 @@ def external_server(command: list[str], log_path: Path, ready_path: str = "/v1/m
                 time.sleep(0.2)
             else:
                 raise RuntimeError(f"{command[0]} did not start: {log_path.read_text()[-2000:]}")
-            yield url
+            yield External(url, process)
         finally:
             process.terminate()
             process.wait(15)

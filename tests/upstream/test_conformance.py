@@ -78,8 +78,8 @@ def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
     command = [str(llama_server()), "-m", str(smollm2_gguf()), "--alias", ALIAS, "--host", "127.0.0.1"]
     command += ["--port", str(port), "-np", "4", "-c", "8192", "--jinja", "--no-webui"]
-    with external_server(command, log_path, ready_path="/health") as url:
-        yield url
+    with external_server(command, log_path, ready_path="/health") as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,8 @@ def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--model_alias", ALIAS]
     # interrupt_requests false: by default any new request (the router's probes too) cuts the running stream.
     command += ["--port", str(port), "--n_ctx", "2048", "--verbose", "false", "--interrupt_requests", "false"]
-    with external_server(command, tmp_path_factory.mktemp("llama-cpp-server") / "server.log") as url:
-        yield url
+    with external_server(command, tmp_path_factory.mktemp("llama-cpp-server") / "server.log") as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
