@@ -239,31 +239,10 @@ def openai_like_server(
 def _flags(name: str, streams: int, setup: Setup) -> list[str]:
     threads = str(setup.threads)
     if name == "llama-server":
-        flash_attn = "on" if setup.flash_attn else "off"
-        return [
-            "-np",
-            str(streams),
-            "-c",
-            str(CONTEXT * streams),
-            "-t",
-            threads,
-            "-tb",
-            threads,
-            "-b",
-            "512",
-            "-fa",
-            flash_attn,
-        ]
-    return [
-        "--n_ctx",
-        str(CONTEXT),
-        "--n_threads",
-        threads,
-        "--n_threads_batch",
-        threads,
-        "--flash_attn",
-        str(setup.flash_attn),
-    ]
+        flags = ["-np", str(streams), "-c", str(CONTEXT * streams), "-t", threads, "-tb", threads, "-b", "512"]
+        return flags + ["-fa", "on" if setup.flash_attn else "off"]
+    flags = ["--n_ctx", str(CONTEXT), "--n_threads", threads, "--n_threads_batch", threads]
+    return flags + ["--flash_attn", str(setup.flash_attn)]
 
 
 def llama_server_command(port: int) -> list[str]:
@@ -291,8 +270,8 @@ def raw_llama_cpp(streams: int, tokens: int, setup: Setup, scratch: Path) -> lis
     )
     try:
         (prompt,) = prompts(1)
-        llm.create_completion(prompt, max_tokens=4, temperature=0)  # warm-up: its cache keeps the prompt, as the
-        # servers' caches do for their measured round
+        # Warm-up: the prompt stays in its cache, as in the servers' caches.
+        llm.create_completion(prompt, max_tokens=4, temperature=0)
         rounds = []
         for _ in range(setup.rounds):
             stream = Stream(time.perf_counter())
@@ -339,10 +318,10 @@ def measure(engines: list[str], counts: list[int], tokens: int, setup: Setup, *,
                     continue
                 try:
                     rounds = ENGINES[engine](count, tokens, setup, Path(scratch))
-                except Exception as exc:  # one engine failing (a lost stream) is a result too
+                    results.append(median_round([summarise(engine, streams) for streams in rounds]))
+                except Exception as exc:  # one engine failing (every stream lost) is a result too
                     print(f"{engine} with {count} streams failed: {exc!r}", file=sys.stderr)
                     continue
-                results.append(median_round([summarise(engine, streams) for streams in rounds]))
                 print(results[-1], file=sys.stderr)
     return results
 
@@ -438,14 +417,15 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
-    parser.add_argument(
-        "--flash-attn", choices=["on", "off"], default="on", help="every engine's attention kernel (default on)"
-    )
-    parser.add_argument("--rounds", type=int, default=3, help="measured rounds per row; the median one is shown")
+    default_kernel = "on" if Setup.flash_attn else "off"
+    parser.add_argument("--flash-attn", choices=["on", "off"], default=default_kernel, help="every engine's kernel")
+    parser.add_argument("--rounds", type=int, default=Setup.rounds, help="measured rounds per row (the median shown)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--build-llama-server", action="store_true", help="build llama-server first when missing")
     parser.add_argument("--copy-cost", action="store_true", help="only measure the prefix copy's cost")
     arguments = parser.parse_args()
+    if arguments.rounds < 1:
+        parser.error("--rounds must be 1 or more")
     if arguments.copy_cost:
         print(copy_cost(arguments.threads))
         return

@@ -41,7 +41,7 @@ class Timing:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    env = {"MODELYARD_BACKENDS": "llamacpp", "MODELYARD_BUNDLED_MODELS": MODEL}
+    env = {"MODELYARD_BACKENDS": "llamacpp", "MODELYARD_BUNDLED_MODELS": MODEL, "MODELYARD_LLAMACPP_FLASH_ATTN": "true"}
     with ServerProcess(tmp_path_factory.mktemp("bench") / "models", env) as process:
         yield process
 
@@ -86,7 +86,7 @@ def test_decode_rate_and_first_token_against_raw_llama_cpp(benchmark, server):
         n_ctx=4096,
         n_threads=default_threads(),
         n_threads_batch=default_threads(),
-        flash_attn=True,  # as the llama.cpp backend's default
+        flash_attn=True,  # as the server (the fixture's environment)
         verbose=False,
     )
     time_server(server.url, prompt)  # warm-up: load the model

@@ -13,10 +13,12 @@ from pathlib import Path
 import httpx
 
 
-@dataclass
+@dataclass(frozen=True)
 class External:
+    """A running external server: its URL, and its process for the tests that kill or pause it."""
+
     url: str
-    process: subprocess.Popen[bytes]  # for the tests that kill or pause it
+    process: subprocess.Popen[bytes]
 
 
 @contextlib.contextmanager
@@ -40,4 +42,8 @@ def external_server(command: list[str], log_path: Path, ready_path: str = "/v1/m
             yield External(url, process)
         finally:
             process.terminate()
-            process.wait(15)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:  # stuck: not left behind
+                process.kill()
+                process.wait()
