@@ -19,7 +19,7 @@ import llama_cpp
 import numpy
 
 from modelyard.store.bundled import smollm2_gguf
-from modelyard_llamacpp import default_threads
+from modelyard_llamacpp import LlamaCppSettings, default_threads
 
 PROMPT = b"<|im_start|>user\nWrite a long story about a dragon.<|im_end|>\n<|im_start|>assistant\n"
 
@@ -74,7 +74,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument(
-        "--flash-attn", choices=["on", "off"], default="on", help="as the llama.cpp backend (default on)"
+        "--flash-attn",
+        choices=["on", "off"],
+        default="on" if LlamaCppSettings().flash_attn else "off",
+        help="the kernel (default: the llama.cpp backend's)",
     )
     arguments = parser.parse_args()
     print("| sequences | ms per step | tokens/s | x 1 sequence |\n|---:|---:|---:|---:|")

@@ -43,7 +43,7 @@ from modelyard.store.bundled import smollm2_gguf
 from modelyard.store.gguf import read_header
 from modelyard.templates.chat_template import ChatTemplate
 from modelyard_conformance.launcher import ServerProcess
-from modelyard_llamacpp import default_threads
+from modelyard_llamacpp import LlamaCppSettings, default_threads
 
 MODEL = "smollm2:135m"
 CONTEXT = 2048  # per stream
@@ -185,7 +185,7 @@ class Setup:
     """What every engine runs with: the same thread count and the same attention kernel."""
 
     threads: int
-    flash_attn: bool = True  # modelyard's default, and what llama-server's `auto` picks on CPU
+    flash_attn: bool = LlamaCppSettings().flash_attn  # modelyard's default (llama-server's `auto` picks it on CPU)
     rounds: int = 3  # measured rounds per row, after one warm-up round; the row is the median round
 
 
